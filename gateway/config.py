@@ -1,0 +1,548 @@
+"""Configuration: TOML, environment and secret files, validated once into frozen
+dataclasses that the rest of the gateway trusts."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from yarl import URL
+
+from gateway.errors import ConfigError
+
+MIN_SECRET_LENGTH = 32
+USER_AGENT_FORMAT = "<platform>:<app id>:<version> (by /u/<reddit username>)"
+_DEFAULT_AGENTS = ("python-requests", "aiohttp", "python-urllib", "curl/", "java")
+_SCOPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz*")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret string whose repr and str never show the value."""
+
+    value: str = dataclasses.field(repr=False)
+
+    def reveal(self) -> str:
+        return self.value
+
+    def __str__(self) -> str:
+        return "********" if self.value else ""
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self.value else "Secret('')"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen_host: str
+    listen_port: int
+    public_url: URL  # an origin: scheme, host and port only
+    redirect_url: str  # byte for byte as registered at reddit
+    callback_path: str
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: URL
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RedditConfig:
+    client_id: str
+    client_secret: Secret
+    user_agent: str
+    scopes: tuple[str, ...]
+    duration: str
+    authorize_url: URL
+    token_url: URL
+    revoke_url: URL
+    api_url: URL
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    secrets: tuple[Secret, ...]
+    cookie_name: str
+    cookie_secure: bool
+    max_age: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccessConfig:
+    users: frozenset[str]  # casefolded
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    upstream: UpstreamConfig
+    reddit: RedditConfig
+    session: SessionConfig
+    access: AccessConfig
+    log: LogConfig
+
+
+# The schema: every key, its type and its default. A default of None means
+# "required"; secrets may instead come from a `<key>_file`.
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "server": {
+        "listen": ("str", "0.0.0.0:4180"),
+        "public_url": ("str", None),
+        "redirect_url": ("str", ""),
+        "trusted_proxies": ("list", []),
+    },
+    "upstream": {
+        "url": ("str", "http://127.0.0.1:8080"),
+        "timeout": ("float", 60.0),
+    },
+    "reddit": {
+        "client_id": ("str", None),
+        "client_secret": ("secret", None),
+        "client_secret_file": ("str", ""),
+        "user_agent": ("str", None),
+        "scopes": ("list", ["identity"]),
+        "duration": ("str", "temporary"),
+        "authorize_url": ("str", "https://www.reddit.com/api/v1/authorize"),
+        "token_url": ("str", "https://www.reddit.com/api/v1/access_token"),
+        "revoke_url": ("str", "https://www.reddit.com/api/v1/revoke_token"),
+        "api_url": ("str", "https://oauth.reddit.com"),
+        "timeout": ("float", 10.0),
+    },
+    "session": {
+        "secret": ("secret", ""),
+        "secret_file": ("str", ""),
+        "secrets": ("list", []),
+        "cookie_name": ("str", "_reddit_gateway"),
+        "cookie_secure": ("bool", True),
+        "max_age": ("int", 604800),
+    },
+    "access": {
+        "users": ("list", []),
+    },
+    "log": {
+        "level": ("str", "info"),
+        "format": ("str", "text"),
+    },
+}
+_SECRET_KEYS = frozenset({"reddit.client_secret", "session.secret", "session.secrets"})
+
+_SCOPE_LIST = """
+    account creddits edit flair history identity livemanage modconfig modcontributors
+    modflair modlog modmail modothers modposts modself modtraffic modwiki mysubreddits
+    privatemessages read report save structuredstyles submit subscribe vote wikiedit
+    wikiread
+"""
+REDDIT_SCOPES = frozenset(_SCOPE_LIST.split())
+_USERNAME_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+)
+_COOKIE_NAME_CHARS = _USERNAME_CHARS | frozenset("!#$%&'*+.^`|~")
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply GATEWAY_* overrides, validate everything.
+
+    Raises ConfigError naming the first key that is wrong.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            message = f"cannot read {path}: {exc.strerror}"
+            raise ConfigError("--config", message) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+
+    values = _merge(raw, environ)
+    return _build(values)
+
+
+def _merge(raw: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Check the file's keys and types, then lay environment overrides on top."""
+    values: dict[str, Any] = {}
+    for section, content in raw.items():
+        if section not in _SCHEMA:
+            raise ConfigError(section, f"unknown section [{section}]")
+        if not isinstance(content, dict):
+            raise ConfigError(section, f"[{section}] must be a table")
+        for key, value in content.items():
+            name = f"{section}.{key}"
+            if key not in _SCHEMA[section]:
+                raise ConfigError(name, "unknown key")
+            values[name] = _check_type(name, _SCHEMA[section][key][0], value)
+    chosen = {key for key, value in raw.get("session", {}).items() if value}
+    if "secrets" in chosen and chosen & {"secret", "secret_file"}:
+        message = "set either secret (or secret_file) or secrets"
+        raise ConfigError("session.secrets", message)
+
+    sections = tuple(f"GATEWAY_{section.upper()}_" for section in _SCHEMA)
+    for env_name, text in environ.items():
+        if not env_name.startswith(sections):
+            continue
+        env_key = _env_key(env_name)
+        if env_key is None:
+            raise ConfigError(env_name, "unknown setting (no such config key)")
+        section, key = env_key.split(".")
+        values[env_key] = _parse_env(env_name, _SCHEMA[section][key][0], text)
+        # A secret from the environment wins over the file's secret or secret file.
+        twin = (
+            env_key[: -len("_file")] if env_key.endswith("_file") else env_key + "_file"
+        )
+        values.pop(twin, None)
+
+    # An empty string or list means "not set": the default applies.
+    return {k: v for k, v in values.items() if v not in ("", [])}
+
+
+def _twin(name: str) -> str:
+    """session.secret <-> session.secret_file (and likewise for any key)."""
+    return name[: -len("_file")] if name.endswith("_file") else name + "_file"
+
+
+def _env_key(env_name: str) -> str | None:
+    for section, keys in _SCHEMA.items():
+        prefix = f"GATEWAY_{section.upper()}_"
+        if env_name.startswith(prefix):
+            key = env_name[len(prefix) :].lower()
+            if key in keys:
+                return f"{section}.{key}"
+    return None
+
+
+def _check_type(name: str, kind: str, value: Any) -> Any:
+    expected: dict[str, tuple[type, ...]] = {
+        "str": (str,),
+        "secret": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+        "list": (list,),
+    }
+    if isinstance(value, bool) and kind != "bool":
+        raise ConfigError(name, f"expected {_TYPE_WORDS[kind]}, got a boolean")
+    if not isinstance(value, expected[kind]):
+        got = type(value).__name__
+        raise ConfigError(name, f"expected {_TYPE_WORDS[kind]}, got {got} {value!r}")
+    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        raise ConfigError(name, "expected a list of strings")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, "expected a finite number")
+    return value
+
+
+_TYPE_WORDS = {
+    "str": "a string",
+    "secret": "a string",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "list": "a list of strings",
+}
+
+
+def _parse_env(env_name: str, kind: str, text: str) -> Any:
+    text = text.strip()
+    if kind in ("str", "secret") or text == "":
+        return text
+    if kind == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(env_name, f"expected true or false, got {text!r}")
+    try:
+        number = int(text) if kind == "int" else float(text)
+    except ValueError:
+        message = f"expected {_TYPE_WORDS[kind]}, got {text!r}"
+        raise ConfigError(env_name, message) from None
+    if not math.isfinite(number):
+        raise ConfigError(env_name, "expected a finite number")
+    return number
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    def get(name: str) -> Any:
+        if name in values:
+            return values[name]
+        section, key = name.split(".")
+        default = _SCHEMA[section][key][1]
+        if default is None:
+            raise ConfigError(name, "required but not set")
+        return default
+
+    server = _build_server(get)
+    reddit = _build_reddit(get)
+    session = _build_session(get, server)
+    return Config(
+        server=server,
+        upstream=UpstreamConfig(
+            url=_http_url("upstream.url", get("upstream.url")),
+            timeout=_positive("upstream.timeout", get("upstream.timeout")),
+        ),
+        reddit=reddit,
+        session=session,
+        access=AccessConfig(users=_usernames("access.users", get("access.users"))),
+        log=LogConfig(
+            level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
+            format=_one_of("log.format", get("log.format").lower(), ("text", "json")),
+        ),
+    )
+
+
+def _build_server(get: Any) -> ServerConfig:
+    public_url = _http_url("server.public_url", get("server.public_url"))
+    if public_url.raw_path not in ("", "/") or public_url.raw_query_string:
+        raise ConfigError(
+            "server.public_url",
+            "must be an origin such as https://app.example.com (no path or query)",
+        )
+    public_url = public_url.origin()
+
+    redirect_url = get("server.redirect_url") or str(public_url / "oauth2" / "callback")
+    redirect = _http_url("server.redirect_url", redirect_url)
+    if redirect.origin() != public_url:
+        raise ConfigError(
+            "server.redirect_url",
+            f"{redirect_url!r} must be on public_url's origin {str(public_url)!r}",
+        )
+    if "#" in redirect_url or redirect.raw_query_string or redirect.raw_path == "/":
+        raise ConfigError(
+            "server.redirect_url", "needs a path of its own, and no query or fragment"
+        )
+
+    host, port = _listen_address(get("server.listen"))
+    proxies = []
+    for cidr in get("server.trusted_proxies"):
+        try:
+            proxies.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "server.trusted_proxies", f"{cidr!r} is not an IP address or CIDR"
+            ) from None
+
+    return ServerConfig(
+        listen_host=host,
+        listen_port=port,
+        public_url=public_url,
+        redirect_url=redirect_url,
+        callback_path=redirect.raw_path,
+        trusted_proxies=tuple(proxies),
+    )
+
+
+def _build_reddit(get: Any) -> RedditConfig:
+    client_id = get("reddit.client_id").strip()
+    secret = _secret_value(get, "reddit.client_secret", "reddit.client_secret_file")
+    if secret is None:
+        raise ConfigError(
+            "reddit.client_secret",
+            "required but not set (or set reddit.client_secret_file)",
+        )
+
+    user_agent = get("reddit.user_agent").strip()
+    if user_agent.lower().startswith(_DEFAULT_AGENTS) or ":" not in user_agent:
+        raise ConfigError(
+            "reddit.user_agent",
+            f"reddit throttles generic agents; use the form {USER_AGENT_FORMAT}",
+        )
+
+    scopes = tuple(dict.fromkeys(s.strip() for s in get("reddit.scopes")))
+    for scope in scopes:
+        if scope not in REDDIT_SCOPES:
+            raise ConfigError("reddit.scopes", f"{scope!r} is not a reddit scope")
+    if "identity" not in scopes:
+        raise ConfigError(
+            "reddit.scopes", "must include 'identity' (needed to read the username)"
+        )
+
+    return RedditConfig(
+        client_id=client_id,
+        client_secret=secret,
+        user_agent=user_agent,
+        scopes=scopes,
+        duration=_one_of(
+            "reddit.duration", get("reddit.duration"), ("temporary", "permanent")
+        ),
+        authorize_url=_http_url("reddit.authorize_url", get("reddit.authorize_url")),
+        token_url=_http_url("reddit.token_url", get("reddit.token_url")),
+        revoke_url=_http_url("reddit.revoke_url", get("reddit.revoke_url")),
+        api_url=_http_url("reddit.api_url", get("reddit.api_url")),
+        timeout=_positive("reddit.timeout", get("reddit.timeout")),
+    )
+
+
+def _build_session(get: Any, server: ServerConfig) -> SessionConfig:
+    secrets = [Secret(s) for s in get("session.secrets")]
+    single = _secret_value(get, "session.secret", "session.secret_file")
+    if single is not None:
+        secrets[:1] = [single]  # GATEWAY_SESSION_SECRET replaces the newest key
+    if not secrets:
+        raise ConfigError(
+            "session.secret",
+            "required but not set; `reddit-gateway secret` prints a new one",
+        )
+    for index, secret in enumerate(secrets):
+        if len(secret.reveal()) < MIN_SECRET_LENGTH:
+            key = "session.secrets" if len(secrets) > 1 else "session.secret"
+            raise ConfigError(
+                key,
+                f"secret #{index + 1} is shorter than {MIN_SECRET_LENGTH} characters; "
+                "`reddit-gateway secret` prints a strong one",
+            )
+
+    cookie_name = get("session.cookie_name")
+    if not set(cookie_name) <= _COOKIE_NAME_CHARS:
+        message = f"{cookie_name!r} is not a cookie name"
+        raise ConfigError("session.cookie_name", message)
+    secure = get("session.cookie_secure")
+    plain_http = server.public_url.scheme == "http"
+    if secure and plain_http and server.public_url.host not in _LOOPBACK_HOSTS:
+        raise ConfigError(
+            "session.cookie_secure",
+            "browsers drop Secure cookies on plain http; serve public_url over "
+            "https, or set cookie_secure = false for a trusted test network",
+        )
+    max_age = get("session.max_age")
+    if max_age < 60:
+        raise ConfigError("session.max_age", "must be at least 60 seconds")
+
+    return SessionConfig(
+        secrets=tuple(secrets),
+        cookie_name=cookie_name,
+        cookie_secure=secure,
+        max_age=max_age,
+    )
+
+
+def _secret_value(get: Any, key: str, file_key: str) -> Secret | None:
+    value = get(key) if _has_value(get, key) else ""
+    path = get(file_key)
+    if value and path:
+        raise ConfigError(key, f"set either {key} or {file_key}, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(file_key, f"cannot read {path}: {exc.strerror}") from exc
+        if not value:
+            raise ConfigError(file_key, f"{path} is empty")
+    return Secret(value) if value else None
+
+
+def _has_value(get: Any, key: str) -> bool:
+    try:
+        return bool(get(key))
+    except ConfigError:
+        return False
+
+
+def _http_url(key: str, text: str) -> URL:
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        raise ConfigError(key, f"{text!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(key, f"{text!r} must be an absolute http:// or https:// URL")
+    if url.user or url.password:
+        raise ConfigError(key, "must not carry a user name or password")
+    return url
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError("server.listen", f"{text!r} is not host:port")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port_text)  # noqa: S104 (a sidecar listens on all)
+
+
+def _positive(key: str, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(key, "must be greater than 0")
+    return float(value)
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _usernames(key: str, names: list[str]) -> frozenset[str]:
+    for name in names:
+        if not (3 <= len(name) <= 20 and set(name) <= _USERNAME_CHARS):
+            raise ConfigError(key, f"{name!r} is not a reddit username")
+    return frozenset(name.casefold() for name in names)
+
+
+def describe(config: Config) -> str:
+    """The effective configuration as TOML, secrets masked."""
+    lines: list[str] = []
+    for section in _SCHEMA:
+        lines.append(f"[{section}]")
+        for key, value in _effective(config, section).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _effective(config: Config, section: str) -> dict[str, Any]:
+    if section == "server":
+        s = config.server
+        return {
+            "listen": f"{s.listen_host}:{s.listen_port}",
+            "public_url": str(s.public_url),
+            "redirect_url": s.redirect_url,
+            "trusted_proxies": [str(n) for n in s.trusted_proxies],
+        }
+    if section == "session":
+        se = config.session
+        return {
+            "secrets": [str(secret) for secret in se.secrets],
+            "cookie_name": se.cookie_name,
+            "cookie_secure": se.cookie_secure,
+            "max_age": se.max_age,
+        }
+    if section == "access":
+        return {"users": sorted(config.access.users)}
+    part = getattr(config, section)
+    values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    return {
+        key: str(value) if isinstance(value, URL | Secret) else value
+        for key, value in values.items()
+    }
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

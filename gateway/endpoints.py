@@ -1,0 +1,304 @@
+"""The /oauth2/* handlers: the only code that creates or destroys sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from aiohttp_session import get_session, new_session
+
+from gateway.auth import Authenticator, LoginStarter, refusal
+from gateway.config import Config
+from gateway.errors import (
+    RedditClientRejected,
+    RedditError,
+    RedditGrantError,
+    RedditIdentityError,
+    RedditUnavailable,
+)
+from gateway.log import USER_KEY, auth_event
+from gateway.login_state import LoginState, LoginStates
+from gateway.pages import Action, json_error, page
+from gateway.reddit import RedditClient
+from gateway.redirects import return_target
+from gateway.session import SessionPayload, payload_from_session, store_payload
+
+log = logging.getLogger("gateway")
+
+_STATE_PROBLEMS = {
+    "missing": "This sign-in link is incomplete.",
+    "unknown": "This sign-in link does not belong to this browser, or it has expired.",
+    "expired": "This sign-in link has expired.",
+    "mismatch": "This sign-in link does not belong to this browser.",
+    "used": "This sign-in link has already been used.",
+}
+
+
+class Endpoints:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        reddit: RedditClient,
+        states: LoginStates,
+        login: LoginStarter,
+        authenticator: Authenticator,
+        upstream_session: Callable[[], aiohttp.ClientSession],
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._reddit = reddit
+        self._states = states
+        self._login = login
+        self._auth = authenticator
+        self._upstream_session = upstream_session
+        self._clock = clock
+        self._public_url = config.server.public_url
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/oauth2/start", self.start),
+            web.get(self._config.server.callback_path, self.callback),
+            web.get("/oauth2/sign_out", self.sign_out),
+            web.post("/oauth2/sign_out", self.sign_out),
+            web.get("/oauth2/auth", self.auth),
+            web.get("/oauth2/userinfo", self.userinfo),
+            web.get("/oauth2/ping", self.ping),
+            web.get("/oauth2/ready", self.ready),
+            web.route("*", "/oauth2/{tail:.*}", self.not_found),
+        ]
+
+    async def start(self, request: web.Request) -> web.Response:
+        target = return_target(request.query.get("rd"), self._public_url)
+        return self._login.redirect(target)
+
+    async def callback(self, request: web.Request) -> web.Response:
+        query = request.query
+        outcome = self._states.finish(request.cookies, query.get("state"))
+
+        # SECURITY: login CSRF and state replay: nothing reaches reddit unless
+        # the state is this browser's, fresh and unused.
+        if not isinstance(outcome, LoginState):
+            auth_event("login_failed", reason=f"state_{outcome.reason}")
+            response = await self._stale_state_page(request, outcome.reason)
+        else:
+            response = await self._finish_login(request, outcome)
+
+        if query.get("state"):
+            self._states.clear_cookie(
+                response, self._states.cookie_name_for(query["state"])
+            )
+        return response
+
+    async def _finish_login(
+        self, request: web.Request, login: LoginState
+    ) -> web.Response:
+        query = request.query
+        retry = Action(
+            "Try again", f"/oauth2/start?rd={_quote(login.return_to)}", primary=True
+        )
+        if "error" in query:
+            error = query["error"][:64]
+            auth_event("login_failed", reason=f"reddit_{error}")
+            if error == "access_denied":
+                message = "You declined to share your reddit identity with this app."
+                return page(403, "Sign-in cancelled", message, [retry])
+            message = f"reddit could not sign you in (it answered {error!r})."
+            return page(403, "reddit refused the sign-in", message, [retry])
+        code = query.get("code")
+        if not code:
+            auth_event("login_failed", reason="code_missing")
+            return page(400, "Sign-in incomplete", "reddit sent no code.", [retry])
+
+        try:
+            grant = await self._reddit.redeem_code(code)
+            if "identity" not in grant.scopes:
+                raise RedditIdentityError("identity scope not granted")
+            identity = await self._reddit.fetch_identity(grant.access_token)
+        except RedditError as exc:
+            auth_event("login_failed", reason=exc.reason)
+            return _reddit_failure_page(exc, retry)
+
+        now = self._clock()
+        payload = SessionPayload(
+            user=identity.name,
+            user_id=identity.id,
+            created_at=now,
+            expires_at=now + self._config.session.max_age,
+            access_token=grant.access_token,
+            access_expires_at=now + grant.expires_in,
+            refresh_token=grant.refresh_token,
+            scopes=tuple(sorted(grant.scopes)),
+        )
+        # SECURITY: session fixation: a signed-in session always starts anew.
+        session = await new_session(request)
+        store_payload(session, payload)
+        auth_event("login_ok", user=identity.name, id=identity.id)
+
+        decision = self._auth.decide(payload)
+        if not decision.allowed:
+            auth_event("denied", user=identity.name, rule=decision.rule)
+            return refusal(request, identity.name, decision)
+        target = return_target(login.return_to, self._public_url)
+        return web.Response(
+            status=302, headers={"Location": target, "Cache-Control": "no-store"}
+        )
+
+    async def _stale_state_page(
+        self, request: web.Request, reason: str
+    ) -> web.Response:
+        problem = _STATE_PROBLEMS.get(reason, _STATE_PROBLEMS["unknown"])
+        payload = self._auth.current(request)
+        if payload is not None:
+            return page(
+                400,
+                "This sign-in link can't be used",
+                f"{problem} You are already signed in as u/{payload.user}.",
+                [Action("Continue to the app", "/", primary=True)],
+            )
+        return page(
+            400,
+            "This sign-in link can't be used",
+            f"{problem} Start again to sign in with reddit.",
+            [Action("Sign in with reddit", "/oauth2/start", primary=True)],
+        )
+
+    async def sign_out(self, request: web.Request) -> web.Response:
+        session = await get_session(request)
+        payload = payload_from_session(session)
+        session.invalidate()
+
+        if payload is not None:
+            auth_event("signed_out", user=payload.user)
+            await self._revoke(payload)
+
+        rd = request.query.get("rd")
+        if rd is None and request.method == "POST":
+            form = await request.post()
+            rd = form.get("rd") if isinstance(form.get("rd"), str) else None  # type: ignore[assignment]
+        if rd is not None:
+            target = return_target(rd, self._public_url)
+            return web.Response(
+                status=302, headers={"Location": target, "Cache-Control": "no-store"}
+            )
+        return page(
+            200,
+            "You are signed out",
+            "Your session with this app has ended and its reddit access was revoked.",
+            [Action("Sign in again", "/oauth2/start", primary=True)],
+        )
+
+    async def _revoke(self, payload: SessionPayload) -> None:
+        """Best effort: a reddit outage must not keep anyone signed in."""
+        tokens = [
+            (token, hint)
+            for token, hint in (
+                (payload.refresh_token, "refresh_token"),
+                (payload.access_token, "access_token"),
+            )
+            if token is not None
+        ]
+        for token, hint in tokens:
+            try:
+                await self._reddit.revoke(token, hint)
+            except RedditError as exc:
+                log.warning("token revocation failed: %s", exc.reason)
+                return
+
+    async def auth(self, request: web.Request) -> web.Response:
+        payload = self._auth.current(request)
+        if payload is None:
+            return json_error(401, "unauthorized", "Not signed in.")
+        decision = self._auth.decide(payload)
+        if not decision.allowed:
+            auth_event("denied", user=payload.user, rule=decision.rule)
+            return json_error(403, "forbidden", decision.reason)
+        request[USER_KEY] = payload.user
+        return web.Response(status=202, headers={"X-Reddit-User": payload.user})
+
+    async def userinfo(self, request: web.Request) -> web.Response:
+        payload = self._auth.current(request)
+        if payload is None:
+            return json_error(401, "unauthorized", "Not signed in.")
+        request[USER_KEY] = payload.user
+        return web.json_response(
+            {
+                "user": payload.user,
+                "id": payload.user_id,
+                "scopes": list(payload.scopes),
+                "signed_in_at": int(payload.created_at),
+                "expires_at": int(payload.expires_at),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Ready when the upstream answers HTTP at all, whatever its status."""
+        url = self._config.upstream.url
+        try:
+            async with asyncio.timeout(min(5.0, self._config.upstream.timeout)):
+                async with self._upstream_session().get(
+                    url, allow_redirects=False
+                ) as response:
+                    status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("not ready: upstream %s: %s", url, type(exc).__name__)
+            return web.json_response(
+                {"ready": False, "upstream": "unreachable"}, status=503
+            )
+        return web.json_response({"ready": True, "upstream": status})
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return json_error(404, "not_found", "No such gateway endpoint.")
+
+
+def _reddit_failure_page(exc: RedditError, retry: Action) -> web.Response:
+    if isinstance(exc, RedditGrantError) and exc.error == "invalid_grant":
+        return page(
+            400,
+            "This sign-in expired",
+            "reddit no longer accepts this sign-in (it may have been used "
+            "already, or taken too long). Start again to sign in.",
+            [retry],
+        )
+    if isinstance(exc, RedditIdentityError):
+        if exc.reason == "suspended":
+            message = "Suspended reddit accounts can't sign in to this app."
+        else:
+            message = "reddit did not tell us which account you are, so you can't "
+            message += "sign in with it."
+        return page(403, "This account can't sign in", message, [retry])
+    if isinstance(exc, RedditClientRejected):
+        return page(
+            502,
+            "Sign-in is misconfigured",
+            "reddit refused this app's credentials. If you run this gateway, check "
+            "reddit.client_id and reddit.client_secret against your app at "
+            "reddit.com/prefs/apps.",
+            [retry],
+        )
+    if isinstance(exc, RedditUnavailable):
+        return page(
+            502,
+            "reddit is not answering",
+            "reddit is unavailable or busy right now. Wait a moment and try again.",
+            [retry],
+        )
+    return page(
+        502,
+        "reddit refused the sign-in",
+        "reddit could not complete the sign-in. Try again in a moment.",
+        [retry],
+    )
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="")

@@ -1,0 +1,140 @@
+"""Named loggers, the JSON formatter, auth events and the access-log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+access_log = logging.getLogger("gateway.access")
+auth_log = logging.getLogger("gateway.auth")
+proxy_log = logging.getLogger("gateway.proxy")
+
+# The fixed vocabulary of auth events; dashboards and alerts key on these.
+AUTH_EVENTS = frozenset(
+    {
+        "login_started",
+        "login_ok",
+        "login_failed",
+        "denied",
+        "signed_out",
+        "spoofed_header",
+        "refresh_ok",
+        "refresh_failed",
+    }
+)
+
+USER_KEY = web.RequestKey("gateway_user", str)
+
+
+def auth_event(event: str, level: int = logging.INFO, **fields: object) -> None:
+    """Log one auth event; fields must never hold tokens, codes or cookies."""
+    assert event in AUTH_EVENTS, event
+    if not auth_log.isEnabledFor(level):
+        return
+    details = " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
+    auth_log.log(
+        level,
+        "%s %s",
+        event,
+        details,
+        extra={"event": event, "fields": fields},
+    )
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "_-./:@" for c in text):
+        return text
+    return json.dumps(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and event fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        event = getattr(record, "event", None)
+        if event is not None:
+            entry["event"] = event
+            fields = getattr(record, "fields", {})
+            entry.update({k: v if _is_plain(v) else str(v) for k, v in fields.items()})
+        else:
+            entry["message"] = record.getMessage()
+        access = getattr(record, "access", None)
+        if access is not None:
+            entry.update(access)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def _is_plain(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Send every gateway log line to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("gateway").setLevel(level.upper())
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, user, method, path, status, bytes, time.
+
+    The query string of /oauth2/* is never logged: it carries codes and state.
+    """
+
+    def log(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
+        path = request.raw_path
+        if path.startswith("/oauth2/"):
+            path = path.partition("?")[0]
+        user = request.get(USER_KEY, "-") if isinstance(request, web.Request) else "-"
+        fields = {
+            "client": request.remote or "-",
+            "user": user,
+            "method": request.method,
+            "path": path,
+            "status": response.status,
+            "bytes": response.body_length,
+            "duration_ms": round(time * 1000, 2),
+        }
+        self.logger.info(
+            '%s %s "%s %s" %s %s %.2fms',
+            fields["client"],
+            user,
+            request.method,
+            path,
+            response.status,
+            response.body_length,
+            time * 1000,
+            extra={"access": fields},
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def access_log_options() -> dict[str, Any]:
+    """What an aiohttp runner needs to write the gateway's access log."""
+    return {"access_log": access_log, "access_log_class": AccessLogger}

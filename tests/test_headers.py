@@ -1,0 +1,453 @@
+"""Tables for what headers.py lets through, drops, names and sets."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.headers import (
+    GATEWAY_SET,
+    HOP_BY_HOP,
+    ForwardedFor,
+    downstream_response_headers,
+    forwarded_facts,
+    strip_cookies,
+    upstream_request_headers,
+)
+
+COOKIE = "_reddit_gateway"
+FORWARDED = ForwardedFor("198.51.100.7", "https", "app.example.com")
+TEN = ipaddress.ip_network("10.0.0.0/8")
+V6 = ipaddress.ip_network("2001:db8::/32")
+
+
+def own_cookie(name: str) -> bool:
+    return name == COOKIE or name.startswith(f"{COOKIE}_login_")
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def send(
+    *pairs: tuple[str, str],
+    user: str | None = "alice",
+    own: Callable[[str], bool] | frozenset[str] = own_cookie,
+) -> tuple[CIMultiDict[str], list[str]]:
+    return upstream_request_headers(
+        headers(("Host", "app.example.com"), *pairs),
+        user=user,
+        forwarded=FORWARDED,
+        own_cookie_names=own,
+    )
+
+
+# --- identity headers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Reddit-User",
+        "x-reddit-user",
+        "X-REDDIT-USER",
+        "X_REDDIT_USER",
+        "x-Reddit_user",
+        "x_reddit-User",
+        "X-Reddit-Anything",
+        "X-Reddit-Id",
+        "X_Reddit_Scopes",
+        "x-reddit-",
+        "X-Reddit-User-Name",
+    ],
+)
+def test_identity_header_spoofing_is_dropped_and_named(name: str) -> None:
+    sent, spoofed = send((name, "admin"))
+
+    assert spoofed == [name]
+    assert sent.getall("X-Reddit-User") == ["alice"]
+    assert "admin" not in sent.values()
+
+
+@pytest.mark.parametrize("name", ["X-Reddit-User", "X_REDDIT_USER", "x-reddit-id"])
+def test_identity_header_spoofing_without_a_session_sets_no_user(name: str) -> None:
+    sent, spoofed = send((name, "admin"), user=None)
+
+    assert spoofed == [name]
+    assert not any(key.lower().startswith("x-reddit") for key in sent)
+
+
+def test_identity_header_spoofing_repeated_headers_all_named() -> None:
+    sent, spoofed = send(
+        ("X-Reddit-User", "a"), ("x_reddit_user", "b"), ("X-Reddit-User", "c")
+    )
+
+    assert spoofed == ["X-Reddit-User", "x_reddit_user", "X-Reddit-User"]
+    assert sent.getall("X-Reddit-User") == ["alice"]
+
+
+@pytest.mark.parametrize(
+    "name", ["X-Redditor", "X-Reddit", "X-Reddits-Choice", "Reddit"]
+)
+def test_headers_merely_resembling_identity_pass(name: str) -> None:
+    sent, spoofed = send((name, "v"))
+
+    assert spoofed == []
+    assert sent.getall(name) == ["v"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Forwarded-For",
+        "x-forwarded-for",
+        "X_Forwarded_For",
+        "X-FORWARDED-PROTO",
+        "x_forwarded_proto",
+        "X-Forwarded-Host",
+        "X_Forwarded_Host",
+        "x-forwarded_host",
+    ],
+)
+def test_x_forwarded_for_spoofing_client_values_replaced(name: str) -> None:
+    sent, spoofed = send((name, "evil.example"))
+
+    assert spoofed == []  # a trusted proxy sends these on every request: no alarm
+    assert "evil.example" not in sent.values()
+    assert sent.getall("X-Forwarded-For") == ["198.51.100.7"]
+    assert sent.getall("X-Forwarded-Proto") == ["https"]
+    assert sent.getall("X-Forwarded-Host") == ["app.example.com"]
+
+
+def test_gateway_sets_identity_and_forwarded_headers_last() -> None:
+    sent, _ = send(("Accept", "*/*"))
+
+    assert list(sent.items()) == [
+        ("Host", "app.example.com"),
+        ("Accept", "*/*"),
+        ("X-Reddit-User", "alice"),
+        ("X-Forwarded-For", "198.51.100.7"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "app.example.com"),
+    ]
+    assert {name.lower() for name in GATEWAY_SET} <= {k.lower() for k in sent}
+
+
+def test_unknown_peer_sets_no_x_forwarded_for() -> None:
+    sent, _ = upstream_request_headers(
+        headers(("X-Forwarded-For", "6.6.6.6")),
+        user="alice",
+        forwarded=ForwardedFor("", "http", ""),
+        own_cookie_names=own_cookie,
+    )
+
+    assert "X-Forwarded-For" not in sent
+    assert "X-Forwarded-Host" not in sent
+    assert sent["X-Forwarded-Proto"] == "http"
+
+
+def test_other_headers_pass_byte_for_byte_in_order() -> None:
+    pairs = [
+        ("User-Agent", "Mozilla/5.0 (X11)"),
+        ("accept", "text/html"),
+        ("Accept", "application/json"),
+        ("Authorization", "Bearer app-token"),
+        ("X-Custom_Header", "  spaced  value "),
+        ("Content-Length", "5"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("X-Real-IP", "1.2.3.4"),
+    ]
+
+    sent, spoofed = send(*pairs)
+
+    assert spoofed == []
+    assert list(sent.items())[: len(pairs) + 1] == [("Host", "app.example.com"), *pairs]
+
+
+# --- hop-by-hop -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Connection", "keep-alive"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authenticate", "Basic"),
+        ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("te", "gzip"),
+        ("Trailer", "Expires"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "websocket"),
+        ("Expect", "100-continue"),
+        ("Transfer_Encoding", "chunked"),
+        ("Proxy_Authorization", "Basic dXNlcjpwYXNz"),
+    ],
+)
+def test_hop_by_hop_headers_not_forwarded(name: str, value: str) -> None:
+    sent, spoofed = send((name, value))
+
+    assert spoofed == []
+    assert name not in sent
+    assert value not in sent.values()
+
+
+def test_hop_by_hop_set_matches_contract() -> None:
+    assert (
+        frozenset(
+            {
+                "connection",
+                "keep-alive",
+                "proxy-authenticate",
+                "proxy-authorization",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "upgrade",
+                "proxy-connection",
+            }
+        )
+        == HOP_BY_HOP
+    )
+
+
+@pytest.mark.parametrize(
+    ("connection", "dropped"),
+    [
+        ("X-Custom", ["X-Custom"]),
+        ("keep-alive, X-Custom", ["X-Custom"]),
+        ("close,x-custom ,  X-Other", ["X-Custom", "X-Other"]),
+        ("Cookie", ["Cookie"]),
+        ("Authorization", ["Authorization"]),
+    ],
+)
+def test_connection_listed_headers_not_forwarded(
+    connection: str, dropped: list[str]
+) -> None:
+    sent, _ = send(
+        ("Connection", connection),
+        ("X-Custom", "1"),
+        ("X-Other", "2"),
+        ("Cookie", "a=1"),
+        ("Authorization", "Basic eA=="),
+        ("X-Kept", "3"),
+    )
+
+    for name in dropped:
+        assert name not in sent
+    assert sent["X-Kept"] == "3"
+
+
+def test_hop_by_hop_header_abuse_cannot_remove_gateway_headers() -> None:
+    sent, spoofed = send(
+        ("Connection", "X-Reddit-User, X-Forwarded-For, X-Forwarded-Proto, Host"),
+        ("X-Reddit-User", "admin"),
+    )
+
+    assert spoofed == ["X-Reddit-User"]
+    assert sent["X-Reddit-User"] == "alice"
+    assert sent["X-Forwarded-For"] == "198.51.100.7"
+    assert sent["X-Forwarded-Proto"] == "https"
+    assert sent["Host"] == "app.example.com"
+
+
+def test_request_smuggling_underscore_content_length_dropped() -> None:
+    sent, _ = send(("Content-Length", "3"), ("Content_Length", "999"))
+
+    assert sent.getall("Content-Length") == ["3"]
+    assert "Content_Length" not in sent
+
+
+# --- cookies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        ("a=1; b=2", "a=1; b=2"),
+        ("a=1; _reddit_gateway=gAAAA; b=2", "a=1; b=2"),
+        ("_reddit_gateway=gAAAA; a=1", "a=1"),
+        ("a=1; _reddit_gateway=gAAAA", "a=1"),
+        ("a=1;_reddit_gateway=gAAAA;b=2", "a=1;b=2"),
+        ("_reddit_gateway=gAAAA", None),
+        ("_reddit_gateway=x; _reddit_gateway=y", None),
+        ("_reddit_gateway_login_0123abcd=s; theme=dark", "theme=dark"),
+        ("a=1; _reddit_gateway_login_1=s; _reddit_gateway_login_2=t", "a=1"),
+        ("a=b=c; _reddit_gateway=x", "a=b=c"),
+        ('q="quoted value"; _reddit_gateway=x; z=', 'q="quoted value"; z='),
+        (
+            "_REDDIT_GATEWAY=x; _reddit_gatewayx=y",
+            "_REDDIT_GATEWAY=x; _reddit_gatewayx=y",
+        ),
+        ("a=1;  _reddit_gateway = x ;  b=2", "a=1;  b=2"),
+        ("_reddit_gateway=x;", None),
+        ("", None),
+    ],
+)
+def test_session_cookie_leak_to_upstream_prevented(
+    cookie: str, expected: str | None
+) -> None:
+    sent, _ = send(("Cookie", cookie))
+
+    assert sent.getall("Cookie", []) == ([] if expected is None else [expected])
+
+
+def test_session_cookie_leak_to_upstream_prevented_in_every_cookie_header() -> None:
+    sent, _ = send(
+        ("Cookie", "a=1; _reddit_gateway=x"),
+        ("Cookie", "_reddit_gateway_login_ab=y"),
+        ("Cookie", "b=2"),
+    )
+
+    assert sent.getall("Cookie") == ["a=1", "b=2"]
+
+
+def test_session_cookie_leak_to_upstream_prevented_with_a_name_set() -> None:
+    sent, _ = send(("Cookie", "a=1; sid=x; b=2"), own=frozenset({"sid"}))
+
+    assert sent["Cookie"] == "a=1; b=2"
+
+
+def test_strip_cookies_returns_untouched_header_unchanged() -> None:
+    header = "a=1;b=2;  c=3"
+
+    assert strip_cookies(header, own_cookie) is header
+
+
+# --- X-Forwarded-* ----------------------------------------------------------------
+
+CLIENT_CLAIMS = (
+    ("X-Forwarded-For", "203.0.113.9"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "public.example"),
+)
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted", "claims", "expected"),
+    [
+        # untrusted peers: the claims are ignored
+        ("198.51.100.7", (), CLIENT_CLAIMS, ("198.51.100.7", "http", "gw.local")),
+        ("198.51.100.7", (TEN,), CLIENT_CLAIMS, ("198.51.100.7", "http", "gw.local")),
+        ("11.0.0.1", (TEN,), CLIENT_CLAIMS, ("11.0.0.1", "http", "gw.local")),
+        ("not-an-ip", (TEN,), CLIENT_CLAIMS, ("not-an-ip", "http", "gw.local")),
+        (None, (TEN,), CLIENT_CLAIMS, ("", "http", "gw.local")),
+        # trusted peers: their list plus the peer, their proto and host
+        ("10.0.0.2", (TEN,), CLIENT_CLAIMS, ("203.0.113.9, 10.0.0.2", "https", "public.example")),
+        ("10.0.0.2", (TEN,), (), ("10.0.0.2", "http", "gw.local")),
+        ("::ffff:10.0.0.2", (TEN,), CLIENT_CLAIMS, ("203.0.113.9, ::ffff:10.0.0.2", "https", "public.example")),
+        ("2001:db8::1", (TEN, V6), CLIENT_CLAIMS, ("203.0.113.9, 2001:db8::1", "https", "public.example")),
+        (
+            "10.0.0.2",
+            (TEN,),
+            (("X-Forwarded-For", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", " 3.3.3.3 ")),
+            ("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.2", "http", "gw.local"),
+        ),
+    ],
+)  # fmt: skip
+def test_x_forwarded_for_spoofing_believed_only_from_trusted_proxies(
+    peer: str | None,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    claims: tuple[tuple[str, str], ...],
+    expected: tuple[str, str, str],
+) -> None:
+    facts = forwarded_facts(headers(*claims), peer, "http", "gw.local", trusted)
+
+    assert facts == ForwardedFor(*expected)
+
+
+@pytest.mark.parametrize(
+    ("proto", "expected"),
+    [
+        ("https", "https"),
+        ("HTTPS", "https"),
+        ("http", "http"),
+        ("http, https", "https"),
+        ("https, ftp", "http"),
+        ("ftp", "http"),
+        ("javascript", "http"),
+        ("", "http"),
+        ("https extra", "http"),
+    ],
+)
+def test_x_forwarded_proto_spoofing_only_http_or_https(
+    proto: str, expected: str
+) -> None:
+    facts = forwarded_facts(
+        headers(("X-Forwarded-Proto", proto)), "10.0.0.2", "http", "gw.local", (TEN,)
+    )
+
+    assert facts.proto == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("public.example", "public.example"),
+        ("public.example:8443", "public.example:8443"),
+        ("[2001:db8::1]:443", "[2001:db8::1]:443"),
+        ("int_host.local", "int_host.local"),
+        ("a.example, public.example", "public.example"),
+        ("evil.example/path", "gw.local"),
+        ("user@evil.example", "gw.local"),
+        ("evil.example:99999999", "gw.local"),
+        ("evil example", "gw.local"),
+        ("<script>", "gw.local"),
+        ("", "gw.local"),
+        ("x" * 300, "gw.local"),
+    ],
+)
+def test_x_forwarded_host_spoofing_must_be_a_host(host: str, expected: str) -> None:
+    facts = forwarded_facts(
+        headers(("X-Forwarded-Host", host)), "10.0.0.2", "http", "gw.local", (TEN,)
+    )
+
+    assert facts.host == expected
+
+
+# --- responses --------------------------------------------------------------------
+
+
+def test_downstream_keeps_repeated_set_cookie_separate_in_order() -> None:
+    upstream = headers(
+        ("Content-Type", "text/html"),
+        ("Set-Cookie", "a=1; Path=/"),
+        ("Set-Cookie", "b=2; HttpOnly"),
+        ("set-cookie", "c=3, d=4; Expires=Wed, 21 Oct 2015 07:28:00 GMT"),
+    )
+
+    out = downstream_response_headers(upstream)
+
+    assert out.getall("Set-Cookie") == [
+        "a=1; Path=/",
+        "b=2; HttpOnly",
+        "c=3, d=4; Expires=Wed, 21 Oct 2015 07:28:00 GMT",
+    ]
+    assert list(out.items()) == list(upstream.items())
+
+
+def test_downstream_drops_hop_by_hop_and_connection_listed() -> None:
+    upstream = headers(
+        ("Content-Length", "12"),
+        ("Content-Encoding", "gzip"),
+        ("Connection", "keep-alive, X-Internal"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Proxy-Authenticate", "Basic"),
+        ("Trailer", "Expires"),
+        ("X-Internal", "secret-ish"),
+        ("ETag", '"v1"'),
+    )
+
+    out = downstream_response_headers(upstream)
+
+    assert list(out.items()) == [
+        ("Content-Length", "12"),
+        ("Content-Encoding", "gzip"),
+        ("ETag", '"v1"'),
+    ]
