@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -51,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         setup_logging("info", "text")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(args.port))
-        except KeyboardInterrupt:
-            pass
         return 0
 
     try:
@@ -66,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(config), end="")
         print("# configuration OK", file=sys.stderr)
         return 0
-    return serve(config)
+    return run_gateway(config)
 
 
-def serve(config: Config) -> int:
+def run_gateway(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     log.info(
         "reddit-gateway %s listening on %s:%s for %s, upstream %s",

@@ -1,11 +1,11 @@
-"""Builds the aiohttp Application: middlewares, routes and client sessions. Wiring only."""
+"""Builds the aiohttp Application: middlewares, routes, client sessions. Wiring only."""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -70,6 +70,7 @@ async def build_app(
         states=states,
         login=login,
         authenticator=authenticator,
+        sessions=sessions,
         upstream_session=lambda: upstream_session,
         clock=clock,
     )
@@ -104,7 +105,7 @@ def make_reddit_session() -> aiohttp.ClientSession:
 
 def upstream_handler(
     config: Config, proxy: UpstreamProxy, own_cookie: Callable[[str], bool]
-) -> Callable[[web.Request], object]:
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     trusted = config.server.trusted_proxies
 
     async def forward(request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,12 @@ from gateway.login_state import LoginState, LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
-from gateway.session import SessionPayload, payload_from_session, store_payload
+from gateway.session import (
+    SessionCodec,
+    SessionPayload,
+    payload_from_session,
+    store_payload,
+)
 
 log = logging.getLogger("gateway")
 
@@ -46,6 +52,7 @@ class Endpoints:
         states: LoginStates,
         login: LoginStarter,
         authenticator: Authenticator,
+        sessions: SessionCodec,
         upstream_session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
     ) -> None:
@@ -54,6 +61,7 @@ class Endpoints:
         self._states = states
         self._login = login
         self._auth = authenticator
+        self._sessions = sessions
         self._upstream_session = upstream_session
         self._clock = clock
         self._public_url = config.server.public_url
@@ -98,7 +106,9 @@ class Endpoints:
     ) -> web.Response:
         query = request.query
         retry = Action(
-            "Try again", f"/oauth2/start?rd={_quote(login.return_to)}", primary=True
+            "Try again",
+            f"/oauth2/start?rd={quote(login.return_to, safe='')}",
+            primary=True,
         )
         if "error" in query:
             error = query["error"][:64]
@@ -133,6 +143,18 @@ class Endpoints:
             refresh_token=grant.refresh_token,
             scopes=tuple(sorted(grant.scopes)),
         )
+        try:
+            self._sessions.dump(payload)
+        except ValueError:
+            log.error("the session of %s does not fit in a cookie", identity.name)
+            return page(
+                502,
+                "Sign-in could not be saved",
+                "reddit's tokens for this account are too large to keep in a cookie. "
+                "If you run this gateway, ask for fewer scopes or use "
+                'duration = "temporary".',
+                [retry],
+            )
         # SECURITY: session fixation: a signed-in session always starts anew.
         session = await new_session(request)
         store_payload(session, payload)
@@ -296,9 +318,3 @@ def _reddit_failure_page(exc: RedditError, retry: Action) -> web.Response:
         "reddit could not complete the sign-in. Try again in a moment.",
         [retry],
     )
-
-
-def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="")

@@ -152,7 +152,7 @@ class UpstreamProxy:
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("upstream_aborted path=%s error=%r", request.path, exc)
             upstream.close()
-            _abort(request, response)
+            await response.write_eof()
             return response
 
         await response.write_eof()

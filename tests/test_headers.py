@@ -325,6 +325,7 @@ CLIENT_CLAIMS = (
     ("X-Forwarded-Proto", "https"),
     ("X-Forwarded-Host", "public.example"),
 )
+PUBLIC = ("https", "public.example")
 
 
 @pytest.mark.parametrize(
@@ -337,10 +338,20 @@ CLIENT_CLAIMS = (
         ("not-an-ip", (TEN,), CLIENT_CLAIMS, ("not-an-ip", "http", "gw.local")),
         (None, (TEN,), CLIENT_CLAIMS, ("", "http", "gw.local")),
         # trusted peers: their list plus the peer, their proto and host
-        ("10.0.0.2", (TEN,), CLIENT_CLAIMS, ("203.0.113.9, 10.0.0.2", "https", "public.example")),
+        ("10.0.0.2", (TEN,), CLIENT_CLAIMS, ("203.0.113.9, 10.0.0.2", *PUBLIC)),
         ("10.0.0.2", (TEN,), (), ("10.0.0.2", "http", "gw.local")),
-        ("::ffff:10.0.0.2", (TEN,), CLIENT_CLAIMS, ("203.0.113.9, ::ffff:10.0.0.2", "https", "public.example")),
-        ("2001:db8::1", (TEN, V6), CLIENT_CLAIMS, ("203.0.113.9, 2001:db8::1", "https", "public.example")),
+        (
+            "::ffff:10.0.0.2",
+            (TEN,),
+            CLIENT_CLAIMS,
+            ("203.0.113.9, ::ffff:10.0.0.2", *PUBLIC),
+        ),
+        (
+            "2001:db8::1",
+            (TEN, V6),
+            CLIENT_CLAIMS,
+            ("203.0.113.9, 2001:db8::1", *PUBLIC),
+        ),
         (
             "10.0.0.2",
             (TEN,),
@@ -348,7 +359,7 @@ CLIENT_CLAIMS = (
             ("1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.2", "http", "gw.local"),
         ),
     ],
-)  # fmt: skip
+)
 def test_x_forwarded_for_spoofing_believed_only_from_trusted_proxies(
     peer: str | None,
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],

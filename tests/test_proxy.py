@@ -102,7 +102,7 @@ def upstream_app(
 
 @dataclass
 class RawUpstream:
-    """An upstream that speaks HTTP by hand: exact request bytes in, scripted bytes out."""
+    """An upstream speaking HTTP by hand: exact request bytes in, scripted bytes out."""
 
     script: Script
     heads: list[bytes] = field(default_factory=list)
@@ -178,9 +178,9 @@ async def gateway() -> AsyncIterator[MakeGateway]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(
-        upstream_url: URL, *, timeout: float = 5.0, handler_cancellation: bool = False
+        upstream_url: URL, *, wait: float = 5.0, handler_cancellation: bool = False
     ) -> TestServer:
-        config = UpstreamConfig(upstream_url, timeout)
+        config = UpstreamConfig(upstream_url, wait)
         session = make_upstream_session(config)
         sessions.append(session)
         app = front_app(UpstreamProxy(config, session))
@@ -199,7 +199,7 @@ async def gateway() -> AsyncIterator[MakeGateway]:
 
 @pytest.fixture
 def client_of(aiohttp_client: AiohttpClient) -> ClientOf:
-    """aiohttp_client with a timeout, so a hung body fails the test instead of stalling."""
+    """aiohttp_client with a timeout: a hung body fails the test, not stalls it."""
 
     async def make(server: TestServer, **kwargs: Any) -> Client:
         return await aiohttp_client(server, timeout=CLIENT_TIMEOUT, **kwargs)
@@ -223,13 +223,13 @@ async def raw_upstream() -> AsyncIterator[Callable[[Script], Awaitable[RawUpstre
         await upstream.close()
 
 
-async def raw_exchange(server: TestServer, data: bytes, timeout: float = 5.0) -> bytes:
+async def raw_exchange(server: TestServer, data: bytes) -> bytes:
     """Send bytes to the gateway and read until it closes the connection."""
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
+        return await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -297,7 +297,8 @@ async def test_get_reaches_upstream_byte_for_byte(
     answer = await raw_exchange(
         server,
         f"GET {target} HTTP/1.1\r\nHost: app.example\r\nX-Custom: 1\r\n"
-        f"Cookie: a=1; {GATEWAY_COOKIE}=sealed; b=2\r\nConnection: close\r\n\r\n".encode(),
+        f"Cookie: a=1; {GATEWAY_COOKIE}=sealed; b=2\r\n"
+        "Connection: close\r\n\r\n".encode(),
     )
 
     assert upstream.heads == [
@@ -367,12 +368,14 @@ async def test_aiohttp_adds_no_headers_of_its_own_to_a_post(
 
     await raw_exchange(
         server,
-        b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\nhello",
     )
 
     assert upstream.heads == [
-        b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-Reddit-User: alice\r\n"
-        b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+        b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+        b"X-Reddit-User: alice\r\nX-Forwarded-For: 127.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
     ]
 
 
@@ -767,7 +770,7 @@ async def test_upstream_slow_headers_is_504(
         return web.Response(text="too late")
 
     upstream = await aiohttp_server(upstream_app(handler))
-    client = await client_of(await gateway(upstream.make_url("/"), timeout=0.3))
+    client = await client_of(await gateway(upstream.make_url("/"), wait=0.3))
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -798,7 +801,7 @@ async def test_slow_upload_is_not_timed_out(
             yield str(i).encode()
 
     upstream = await aiohttp_server(upstream_app(handler))
-    client = await client_of(await gateway(upstream.make_url("/"), timeout=0.3))
+    client = await client_of(await gateway(upstream.make_url("/"), wait=0.3))
 
     resp = await client.post("/upload", data=trickle())
 
@@ -818,7 +821,7 @@ async def test_slow_body_after_headers_is_not_timed_out(
         return response
 
     upstream = await aiohttp_server(upstream_app(handler))
-    client = await client_of(await gateway(upstream.make_url("/"), timeout=0.3))
+    client = await client_of(await gateway(upstream.make_url("/"), wait=0.3))
 
     resp = await client.get("/slow-body")
 
@@ -876,7 +879,7 @@ async def test_truncated_upstream_body_never_looks_complete_on_the_wire(
     upstream = await raw_upstream(reply(answer, then_sleep=pause))
     server = await gateway(url_of(upstream))
 
-    # keep-alive request: only an abort closes the connection (raw_exchange reads to EOF)
+    # a keep-alive request: only an abort ends the connection (read to EOF)
     got = await raw_exchange(server, b"GET /download HTTP/1.1\r\nHost: h\r\n\r\n")
 
     head, _, body = got.partition(b"\r\n\r\n")
@@ -910,7 +913,7 @@ async def test_client_leaving_mid_upload_aborts_upstream_request(
     server = await gateway(
         upstream.make_url("/"), handler_cancellation=handler_cancellation
     )
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+    _, writer = await asyncio.open_connection(server.host, server.port)
 
     writer.write(b"PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n")
     writer.write(b"x" * 200_000)
