@@ -84,7 +84,9 @@ async def build_app(
         "*",
         "/{tail:.*}",
         upstream_handler(
-            config, UpstreamProxy(config.upstream, upstream_session), own_cookie
+            config,
+            UpstreamProxy(config.upstream, upstream_session, own_cookie),
+            own_cookie,
         ),
         name=UPSTREAM_ROUTE,
     )

@@ -45,7 +45,8 @@ def demo_upstream() -> web.Application:
     async def show(request: web.Request) -> web.Response:
         user = request.headers.get("X-Reddit-User", "")
         rows = "".join(
-            f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+            f'<tr class="{_row_class(name)}"><th>{html.escape(name)}</th>'
+            f"<td>{html.escape(value)}</td></tr>"
             for name, value in request.headers.items()
         )
         body = _UPSTREAM_PAGE.format(
@@ -62,6 +63,10 @@ def demo_upstream() -> web.Application:
     app.router.add_get("/api/whoami", whoami)
     app.router.add_route("*", "/{tail:.*}", show)
     return app
+
+
+def _row_class(name: str) -> str:
+    return "identity" if name.lower() == "x-reddit-user" else ""
 
 
 async def run_demo(port: int) -> None:
@@ -106,7 +111,8 @@ body {{ font: 16px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 48re
 h1 {{ font-size: 1.5rem; }} .user {{ color: #d93a00; }}
 table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
 th, td {{ text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #ddd;
-  vertical-align: top; word-break: break-all; }}
+  vertical-align: top; overflow-wrap: anywhere; }}
+tr.identity {{ background: #fff4ef; font-weight: 600; }}
 th {{ white-space: nowrap; width: 1%; }}
 button {{ font: inherit; padding: .4rem 1rem; border-radius: 999px;
   border: 1px solid #d93a00; background: #d93a00; color: #fff; cursor: pointer; }}

@@ -164,7 +164,9 @@ class Endpoints:
         if not decision.allowed:
             auth_event("denied", user=identity.name, rule=decision.rule)
             return refusal(request, identity.name, decision)
-        target = return_target(login.return_to, self._public_url)
+        # reddit ends its redirect to us with "#_"; a browser keeps that fragment
+        # across our redirect unless the Location carries one of its own.
+        target = return_target(login.return_to, self._public_url) + "#"
         return web.Response(
             status=302, headers={"Location": target, "Cache-Control": "no-store"}
         )
@@ -193,9 +195,10 @@ class Endpoints:
         payload = payload_from_session(session)
         session.invalidate()
 
+        revoked = True
         if payload is not None:
             auth_event("signed_out", user=payload.user)
-            await self._revoke(payload)
+            revoked = await self._revoke(payload)
 
         rd = request.query.get("rd")
         if rd is None and request.method == "POST":
@@ -206,14 +209,20 @@ class Endpoints:
             return web.Response(
                 status=302, headers={"Location": target, "Cache-Control": "no-store"}
             )
+        message = "Your session with this app has ended"
+        if revoked:
+            message += " and its access to your reddit account was revoked."
+        else:
+            message += ". reddit could not be reached to revoke this app's access "
+            message += "to your account; that access expires on its own."
         return page(
             200,
             "You are signed out",
-            "Your session with this app has ended and its reddit access was revoked.",
+            message,
             [Action("Sign in again", "/oauth2/start", primary=True)],
         )
 
-    async def _revoke(self, payload: SessionPayload) -> None:
+    async def _revoke(self, payload: SessionPayload) -> bool:
         """Best effort: a reddit outage must not keep anyone signed in."""
         tokens = [
             (token, hint)
@@ -228,7 +237,8 @@ class Endpoints:
                 await self._reddit.revoke(token, hint)
             except RedditError as exc:
                 log.warning("token revocation failed: %s", exc.reason)
-                return
+                return False
+        return True
 
     async def auth(self, request: web.Request) -> web.Response:
         payload = self._auth.current(request)

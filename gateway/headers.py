@@ -31,6 +31,24 @@ GATEWAY_SET = (
 IDENTITY_PREFIX = "x-reddit-"
 
 _GATEWAY_SET = frozenset(GATEWAY_SET)
+# Claims about the client's address or the original URL that apps and frameworks
+# tend to believe. The gateway is where trust starts, so none comes from outside.
+CLIENT_CLAIMS = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+    }
+)
+_NOT_PASSED = _GATEWAY_SET | CLIENT_CLAIMS
 # The gateway's own server already answered "100-continue" to the client; passing
 # Expect on would make the client library wait for a second 100 from the upstream.
 _REQUEST_DROP = HOP_BY_HOP | {"expect"}
@@ -111,8 +129,9 @@ def upstream_request_headers(
             # SECURITY: identity header spoofing (any case, "_" read as "-")
             spoofed.append(name)
             continue
-        if key in _GATEWAY_SET:
-            # SECURITY: X-Forwarded-For spoofing: replaced below, never passed on
+        if key in _NOT_PASSED:
+            # SECURITY: X-Forwarded-For spoofing (and X-Real-IP, Forwarded,
+            # X-Original-URL): replaced below or dropped, never passed on
             continue
         # SECURITY: hop-by-hop header abuse: Connection cannot remove what we set below
         if key in _REQUEST_DROP or lname in listed:
@@ -137,14 +156,25 @@ def upstream_request_headers(
     return out, spoofed
 
 
-def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
-    """The upstream's headers minus hop-by-hop; repeats (Set-Cookie) kept, in order."""
+def downstream_response_headers(
+    upstream: MultiMapping[str], is_own_cookie: Callable[[str], bool] = lambda _: False
+) -> CIMultiDict[str]:
+    """The upstream's headers minus hop-by-hop; repeats (Set-Cookie) kept, in order.
+
+    A Set-Cookie for one of the gateway's own cookies is dropped.
+    """
     listed = _connection_tokens(upstream)
-    return CIMultiDict(
-        (name, value)
-        for name, value in upstream.items()
-        if (lname := name.lower()) not in HOP_BY_HOP and lname not in listed
-    )
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in listed:
+            continue
+        # SECURITY: session overwrite by the upstream: the app may not set, clear
+        # or fixate the gateway's own cookies.
+        if lname == "set-cookie" and is_own_cookie(value.partition("=")[0].strip()):
+            continue
+        out.add(name, value)
+    return out
 
 
 def strip_cookies(header: str, is_own: Callable[[str], bool]) -> str:

@@ -504,7 +504,7 @@ main { max-width: 30rem; margin: 3rem auto; background: #fff; border-radius: 8px
 h1 { font-size: 1.25rem; margin: .25rem 0 1rem; }
 .brand { color: #ff4500; font-weight: 700; margin: 0; }
 code { background: #f6f7f8; padding: 0 .25rem; border-radius: 3px;
-       word-break: break-all; }
+       overflow-wrap: anywhere; }
 label { display: block; font-weight: 600; margin: 1rem 0 .25rem; }
 input[type=text] { width: 100%; box-sizing: border-box; padding: .5rem; font: inherit;
                    border: 1px solid #ccc; border-radius: 4px; }

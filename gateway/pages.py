@@ -62,11 +62,12 @@ def page(
 ) -> web.Response:
     """A small, self-contained page saying what happened and what to do next."""
     buttons = "".join(_action_html(action) for action in actions)
+    label = f'<div class="code">Error {status}</div>' if status >= 400 else ""
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f'<body><main><div class="code">{status}</div>'
+        f"<body><main>{label}"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
         f'<div class="actions">{buttons}</div></main></body></html>'
     )

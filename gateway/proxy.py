@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -47,13 +48,16 @@ class UpstreamProxy:
     """Forwards requests to one upstream app through a shared ClientSession."""
 
     def __init__(
-        self, upstream: UpstreamConfig, session: aiohttp.ClientSession
+        self,
+        upstream: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        is_own_cookie: Callable[[str], bool] = lambda _: False,
     ) -> None:
-        self._prefix = str(upstream.url.with_query(None).with_fragment(None)).rstrip(
-            "/"
-        )
+        base = upstream.url.with_query(None).with_fragment(None)
+        self._prefix = str(base).rstrip("/")
         self._timeout = upstream.timeout
         self._session = session
+        self._is_own_cookie = is_own_cookie
 
     async def forward(
         self, request: web.Request, headers: CIMultiDict[str]
@@ -92,13 +96,17 @@ class UpstreamProxy:
                         upload.deadline = None
         except TimeoutError:
             log.warning(
-                "upstream_timeout method=%s path=%s", request.method, request.path
+                "upstream_timeout method=%s path=%s", request.method, _path(request)
             )
             return _error(504, "gateway_timeout", "The app did not answer in time.")
         except aiohttp.ClientError as exc:
             return _unreachable(request, exc)
         except ValueError as exc:  # a header aiohttp cannot encode, a bad length
-            log.warning("bad_request_header method=%s error=%s", request.method, exc)
+            log.warning(  # the type only: the message may quote a header's value
+                "bad_request_header method=%s error=%s",
+                request.method,
+                type(exc).__name__,
+            )
             return _error(400, "bad_request", "The request has a malformed header.")
 
         try:
@@ -112,7 +120,7 @@ class UpstreamProxy:
         if upstream.status < 200:  # an unasked-for 101: there is nothing to switch
             return _unreachable(request, aiohttp.ClientError("informational answer"))
         content = upstream.content
-        headers = downstream_response_headers(upstream.headers)
+        headers = downstream_response_headers(upstream.headers, self._is_own_cookie)
 
         if content.is_eof():
             # The whole body came with the headers: answer with one write.
@@ -134,7 +142,11 @@ class UpstreamProxy:
         try:
             await response.prepare(request)
         except ValueError as exc:  # a header aiohttp cannot encode
-            log.warning("bad_upstream_header path=%s error=%s", request.path, exc)
+            log.warning(
+                "bad_upstream_header path=%s error=%s",
+                _path(request),
+                type(exc).__name__,
+            )
             return _error(502, "bad_gateway", "The app sent a malformed header.")
         except ConnectionError:
             return response  # the client left; nothing to tell it
@@ -146,13 +158,15 @@ class UpstreamProxy:
                 try:
                     await response.write(chunk)
                 except ConnectionError:
-                    log.info("client_gone path=%s", request.path)
+                    log.info("client_gone path=%s", _path(request))
                     upstream.close()
                     return response
         except (aiohttp.ClientError, OSError) as exc:
-            log.warning("upstream_aborted path=%s error=%r", request.path, exc)
+            log.warning(
+                "upstream_aborted path=%s error=%s", _path(request), _reason(exc)
+            )
             upstream.close()
-            await response.write_eof()
+            _abort(request, response)
             return response
 
         await response.write_eof()
@@ -201,15 +215,29 @@ def _abort(request: web.Request, response: web.StreamResponse) -> None:
 def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
     transport = request.transport
     if transport is None or transport.is_closing():
-        log.info("client_gone method=%s path=%s", request.method, request.path)
+        log.info("client_gone method=%s path=%s", request.method, _path(request))
     else:
         log.warning(
-            "upstream_unreachable method=%s path=%s error=%r",
+            "upstream_unreachable method=%s path=%s error=%s",
             request.method,
-            request.path,
-            exc,
+            _path(request),
+            _reason(exc),
         )
     return _error(502, "bad_gateway", "The app could not be reached.")
+
+
+def _reason(exc: BaseException) -> str:
+    # Never aiohttp's own text: ClientResponseError quotes the URL with its query and
+    # every request header, Cookie included.
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{type(exc).__name__}: {exc.os_error}"
+    return type(exc).__name__
+
+
+def _path(request: web.Request) -> str:
+    # Still percent-encoded (no line breaks to forge log lines) and without the query
+    # (where tokens travel).
+    return request.raw_path.partition("?")[0]
 
 
 def _error(status: int, error: str, message: str) -> web.Response:

@@ -158,7 +158,7 @@ def test_other_headers_pass_byte_for_byte_in_order() -> None:
         ("X-Custom_Header", "  spaced  value "),
         ("Content-Length", "5"),
         ("Content-Type", "text/plain; charset=utf-8"),
-        ("X-Real-IP", "1.2.3.4"),
+        ("X-Request-Id", "1.2.3.4"),
     ]
 
     sent, spoofed = send(*pairs)
@@ -462,3 +462,48 @@ def test_downstream_drops_hop_by_hop_and_connection_listed() -> None:
         ("Content-Encoding", "gzip"),
         ("ETag", '"v1"'),
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Forwarded",
+        "X-Real-IP",
+        "x_real_ip",
+        "True-Client-IP",
+        "X-Client-IP",
+        "X-Forwarded-Port",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Uri",
+        "X-Original-URL",
+        "X_Original_URL",
+        "X-Rewrite-URL",
+    ],
+)
+def test_client_address_and_url_spoofing_is_dropped(name: str) -> None:
+    incoming = CIMultiDict({name: "evil", "Accept": "*/*"})
+    forwarded = forwarded_facts(incoming, "10.1.2.3", "https", "app.example", ())
+
+    out, _ = upstream_request_headers(
+        incoming, user="alice", forwarded=forwarded, own_cookie_names=frozenset()
+    )
+
+    assert "evil" not in out.values()
+    assert out["Accept"] == "*/*"
+
+
+def test_session_overwrite_by_the_upstream_set_cookie_is_dropped() -> None:
+    upstream = CIMultiDict(
+        [
+            ("Set-Cookie", "app=1; Path=/"),
+            ("Set-Cookie", "_reddit_gateway=forged; Path=/"),
+            ("Set-Cookie", " _reddit_gateway_login_abc=x"),
+            ("Set-Cookie", "other=2"),
+        ]
+    )
+
+    out = downstream_response_headers(
+        upstream, lambda name: name.startswith("_reddit_gateway")
+    )
+
+    assert out.getall("Set-Cookie") == ["app=1; Path=/", "other=2"]

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
+from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from yarl import URL
 
@@ -30,7 +31,7 @@ CHUNK = 64 * 1024
 GATEWAY_COOKIE = "_reddit_gateway"
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
 MakeGateway = Callable[..., Awaitable[TestServer]]
-Client = TestClient[web.Request, web.Application]
+Client = TestClient[web.Request, None]
 ClientOf = Callable[..., Awaitable[Client]]
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -105,14 +106,15 @@ class RawUpstream:
     """An upstream speaking HTTP by hand: exact request bytes in, scripted bytes out."""
 
     script: Script
+    url: URL = field(default_factory=URL)
     heads: list[bytes] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _server: asyncio.Server | None = None
 
-    async def start(self) -> URL:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
-        return URL(f"http://127.0.0.1:{port}")
+        self.url = URL(f"http://127.0.0.1:{port}")
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -236,12 +238,6 @@ async def raw_exchange(server: TestServer, data: bytes) -> bytes:
             await writer.wait_closed()
 
 
-def url_of(upstream: RawUpstream) -> URL:
-    assert upstream._server is not None
-    port = upstream._server.sockets[0].getsockname()[1]
-    return URL(f"http://127.0.0.1:{port}")
-
-
 def pattern_chunks(total: int) -> tuple[list[int], str]:
     """Sizes of the pieces of a generated body, and the body's sha256."""
     digest = hashlib.sha256()
@@ -292,7 +288,7 @@ async def test_get_reaches_upstream_byte_for_byte(
     upstream = await raw_upstream(
         reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     )
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     answer = await raw_exchange(
         server,
@@ -315,7 +311,7 @@ async def test_empty_query_marker_reaches_upstream(
     gateway: MakeGateway, raw_upstream: Callable[[Script], Awaitable[RawUpstream]]
 ) -> None:
     upstream = await raw_upstream(reply(b"HTTP/1.1 204 No Content\r\n\r\n"))
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     await raw_exchange(
         server, b"GET /p? HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
@@ -328,7 +324,7 @@ async def test_base_path_of_upstream_url_is_prefixed(
     gateway: MakeGateway, raw_upstream: Callable[[Script], Awaitable[RawUpstream]]
 ) -> None:
     upstream = await raw_upstream(reply(b"HTTP/1.1 204 No Content\r\n\r\n"))
-    server = await gateway(url_of(upstream) / "base" / "")
+    server = await gateway(upstream.url / "base" / "")
 
     await raw_exchange(
         server, b"GET /a%2Fb?x=%20 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
@@ -341,7 +337,7 @@ async def test_request_smuggling_absolute_form_target_refused(
     gateway: MakeGateway, raw_upstream: Callable[[Script], Awaitable[RawUpstream]]
 ) -> None:
     upstream = await raw_upstream(reply(b"HTTP/1.1 204 No Content\r\n\r\n"))
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     answer = await raw_exchange(
         server,
@@ -364,7 +360,7 @@ async def test_aiohttp_adds_no_headers_of_its_own_to_a_post(
         await writer.drain()
 
     upstream = await raw_upstream(script)
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     await raw_exchange(
         server,
@@ -505,7 +501,7 @@ async def test_expect_100_continue_answered_by_gateway_not_forwarded(
         await writer.drain()
 
     upstream = await raw_upstream(script)
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
     reader, writer = await asyncio.open_connection(server.host, server.port)
 
     writer.write(
@@ -581,7 +577,7 @@ async def test_repeated_set_cookie_kept_separate_in_order(
             b"set-cookie: c=3; HttpOnly\r\n\r\n"
         )
     )
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     answer = await raw_exchange(
         server, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
@@ -742,15 +738,22 @@ async def test_upstream_broken_answer_is_502(
     gateway: MakeGateway,
     raw_upstream: Callable[[Script], Awaitable[RawUpstream]],
     client_of: ClientOf,
+    caplog: pytest.LogCaptureFixture,
     answer: bytes,
 ) -> None:
     upstream = await raw_upstream(reply(answer))
-    client = await client_of(await gateway(url_of(upstream)))
+    client = await client_of(await gateway(upstream.url))
 
-    resp = await client.get("/")
+    with caplog.at_level(logging.INFO, logger="gateway.proxy"):
+        resp = await client.get(
+            "/?code=s3cr3t", headers={"Cookie": "app_session=c00kie", "X-Token": "t0k"}
+        )
 
     assert resp.status == 502
     assert (await resp.json())["error"] == "bad_gateway"
+    assert "upstream_unreachable" in caplog.text
+    for secret in ("s3cr3t", "c00kie", "t0k"):
+        assert secret not in caplog.text
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -856,17 +859,21 @@ async def test_truncated_upstream_body_aborts_client_response(
     gateway: MakeGateway,
     raw_upstream: Callable[[Script], Awaitable[RawUpstream]],
     client_of: ClientOf,
+    caplog: pytest.LogCaptureFixture,
     answer: bytes,
     pause: float,
 ) -> None:
     upstream = await raw_upstream(reply(answer, then_sleep=pause))
-    client = await client_of(await gateway(url_of(upstream)))
+    client = await client_of(await gateway(upstream.url))
 
-    resp = await client.get("/download")
+    with caplog.at_level(logging.WARNING, logger="gateway.proxy"):
+        resp = await client.get("/download")
 
-    assert resp.status == 200
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await resp.read()
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+    assert "upstream_aborted" in caplog.text
 
 
 @pytest.mark.parametrize(("answer", "pause"), TRUNCATED)
@@ -877,7 +884,7 @@ async def test_truncated_upstream_body_never_looks_complete_on_the_wire(
     pause: float,
 ) -> None:
     upstream = await raw_upstream(reply(answer, then_sleep=pause))
-    server = await gateway(url_of(upstream))
+    server = await gateway(upstream.url)
 
     # a keep-alive request: only an abort ends the connection (read to EOF)
     got = await raw_exchange(server, b"GET /download HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -955,6 +962,31 @@ async def test_client_leaving_mid_download_releases_upstream(
     writer.transport.abort()
 
     await asyncio.wait_for(stopped.wait(), 5)
+
+
+async def test_header_injection_into_upstream_request_is_400_not_500(
+    raw_upstream: Callable[[Script], Awaitable[RawUpstream]],
+    aiohttp_server: AiohttpServer,
+    client_of: ClientOf,
+) -> None:
+    upstream = await raw_upstream(reply(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    config = UpstreamConfig(upstream.url, 5.0)
+    session = make_upstream_session(config)
+    proxy = UpstreamProxy(config, session)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        bad = CIMultiDict({"Host": "h", "X-Note": "a\r\nX-Reddit-User: admin"})
+        return await proxy.forward(request, bad)
+
+    client = await client_of(await aiohttp_server(upstream_app(handler)))
+    try:
+        resp = await client.get("/")
+    finally:
+        await session.close()
+
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+    assert upstream.heads == []
 
 
 # --- the session ----------------------------------------------------------------
