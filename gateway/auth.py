@@ -28,7 +28,7 @@ def is_navigation(request: web.BaseRequest) -> bool:
     if request.method not in ("GET", "HEAD"):
         return False
     headers = request.headers
-    if "X-Requested-With" in headers:
+    if "X-Requested-With" in headers or "Upgrade" in headers:
         return False
     mode = headers.get("Sec-Fetch-Mode")
     if mode is not None:

@@ -51,8 +51,17 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    url: URL
+    url: URL  # for a Unix socket, http://localhost plus the socket URL's query
     timeout: float
+    unix_socket: str = ""  # the socket's path when url was unix:///path
+    idle_timeout: float = 0.0  # 0: a body may pause for any time
+    pass_host_header: bool = True
+    rewrite_redirects: bool = True
+    websocket_origin: str = ""  # "": pass the browser's Origin through
+    tls_verify: bool = True
+    ca_file: str = ""
+    max_connections: int = 100
+    keepalive_timeout: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,14 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "upstream": {
         "url": ("str", "http://127.0.0.1:8080"),
         "timeout": ("float", 60.0),
+        "idle_timeout": ("float", 0.0),
+        "pass_host_header": ("bool", True),
+        "rewrite_redirects": ("bool", True),
+        "websocket_origin": ("str", ""),
+        "tls_verify": ("bool", True),
+        "ca_file": ("str", ""),
+        "max_connections": ("int", 100),
+        "keepalive_timeout": ("float", 4.0),
     },
     "reddit": {
         "client_id": ("str", None),
@@ -298,10 +315,7 @@ def _build(values: Mapping[str, Any]) -> Config:
     session = _build_session(get, server)
     return Config(
         server=server,
-        upstream=UpstreamConfig(
-            url=_http_url("upstream.url", get("upstream.url")),
-            timeout=_positive("upstream.timeout", get("upstream.timeout")),
-        ),
+        upstream=_build_upstream(get),
         reddit=reddit,
         session=session,
         access=AccessConfig(users=_usernames("access.users", get("access.users"))),
@@ -350,6 +364,54 @@ def _build_server(get: Any) -> ServerConfig:
         redirect_url=redirect_url,
         callback_path=redirect.raw_path,
         trusted_proxies=tuple(proxies),
+    )
+
+
+def _build_upstream(get: Any) -> UpstreamConfig:
+    text = get("upstream.url")
+    unix_socket = ""
+    if text.startswith("unix://"):
+        unix_socket = URL(text).path
+        if not unix_socket.startswith("/") or unix_socket == "/":
+            raise ConfigError(
+                "upstream.url", "a socket URL looks like unix:///run/app.sock"
+            )
+        url = URL("http://localhost")
+    else:
+        url = _http_url("upstream.url", text)
+        if url.raw_query_string or url.raw_fragment:
+            raise ConfigError("upstream.url", "must not carry a query or fragment")
+
+    origin = get("upstream.websocket_origin")
+    if origin and _http_url("upstream.websocket_origin", origin).raw_path not in (
+        "",
+        "/",
+    ):
+        raise ConfigError("upstream.websocket_origin", "must be an origin, no path")
+    ca_file = get("upstream.ca_file")
+    if ca_file and not os.path.isfile(ca_file):
+        raise ConfigError("upstream.ca_file", f"{ca_file!r} is not a readable file")
+    connections = get("upstream.max_connections")
+    if connections < 1:
+        raise ConfigError("upstream.max_connections", "must be at least 1")
+    idle = get("upstream.idle_timeout")
+    if idle < 0:
+        raise ConfigError("upstream.idle_timeout", "must be 0 (off) or more")
+
+    return UpstreamConfig(
+        url=url,
+        timeout=_positive("upstream.timeout", get("upstream.timeout")),
+        unix_socket=unix_socket,
+        idle_timeout=float(idle),
+        pass_host_header=get("upstream.pass_host_header"),
+        rewrite_redirects=get("upstream.rewrite_redirects"),
+        websocket_origin=origin.rstrip("/"),
+        tls_verify=get("upstream.tls_verify"),
+        ca_file=ca_file,
+        max_connections=connections,
+        keepalive_timeout=_positive(
+            "upstream.keepalive_timeout", get("upstream.keepalive_timeout")
+        ),
     )
 
 

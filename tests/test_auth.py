@@ -24,6 +24,7 @@ from gateway.policy import Decision
         ("POST", {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}, False),
         ("PUT", {"Accept": "text/html"}, False),
         ("OPTIONS", {"Accept": "text/html"}, False),
+        ("GET", {"Accept": "text/html", "Upgrade": "websocket"}, False),
     ],
 )
 def test_is_navigation(method: str, headers: dict[str, str], navigation: bool) -> None:
