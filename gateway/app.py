@@ -48,7 +48,8 @@ async def build_app(
     sessions = SessionCodec(secrets, config.session.max_age, clock)
     states = LoginStates(
         secrets,
-        config.session.cookie_name,
+        # Login cookies live on the callback path only, which __Host- forbids.
+        config.session.cookie_name.replace("__Host-", "__Secure-", 1),
         config.server.callback_path,
         config.session.cookie_secure,
         clock,

@@ -62,6 +62,7 @@ class UpstreamConfig:
     ca_file: str = ""
     max_connections: int = 100
     keepalive_timeout: float = 4.0
+    pass_access_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +82,28 @@ class RedditConfig:
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     secrets: tuple[Secret, ...]
-    cookie_name: str
+    cookie_name: str  # as sent: "__Host-" + the configured name when Secure, no domain
     cookie_secure: bool
     max_age: int
+    idle_timeout: int = 0  # 0: off
+    cookie_domain: str = ""
+    store: str = "cookie"  # or "redis"
+    redis_url: Secret = Secret("")
 
 
 @dataclass(frozen=True, slots=True)
 class AccessConfig:
     users: frozenset[str]  # casefolded
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionConfig:
+    enabled: bool = False
+    header: str = "X-Reddit-Assertion"
+    algorithm: str = "EdDSA"  # or "ES256"
+    key_file: str = ""  # PEM private key; "": generated at start-up, in memory
+    lifetime: int = 60  # seconds
+    audience: str = ""  # "": the upstream URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,7 @@ class Config:
     session: SessionConfig
     access: AccessConfig
     log: LogConfig
+    assertion: AssertionConfig = AssertionConfig()
 
 
 # The schema: every key, its type and its default. A default of None means
@@ -127,6 +143,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "ca_file": ("str", ""),
         "max_connections": ("int", 100),
         "keepalive_timeout": ("float", 4.0),
+        "pass_access_token": ("bool", False),
     },
     "reddit": {
         "client_id": ("str", None),
@@ -147,17 +164,29 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "secrets": ("list", []),
         "cookie_name": ("str", "_reddit_gateway"),
         "cookie_secure": ("bool", True),
+        "cookie_domain": ("str", ""),
         "max_age": ("int", 604800),
+        "idle_timeout": ("int", 0),
+        "store": ("str", "cookie"),
+        "redis_url": ("secret", ""),
+        "redis_url_file": ("str", ""),
     },
     "access": {
         "users": ("list", []),
+    },
+    "assertion": {
+        "enabled": ("bool", False),
+        "header": ("str", "X-Reddit-Assertion"),
+        "algorithm": ("str", "EdDSA"),
+        "key_file": ("str", ""),
+        "lifetime": ("int", 60),
+        "audience": ("str", ""),
     },
     "log": {
         "level": ("str", "info"),
         "format": ("str", "text"),
     },
 }
-_SECRET_KEYS = frozenset({"reddit.client_secret", "session.secret", "session.secrets"})
 
 _SCOPE_LIST = """
     account creddits edit flair history identity livemanage modconfig modcontributors
@@ -319,6 +348,7 @@ def _build(values: Mapping[str, Any]) -> Config:
         reddit=reddit,
         session=session,
         access=AccessConfig(users=_usernames("access.users", get("access.users"))),
+        assertion=_build_assertion(get),
         log=LogConfig(
             level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
             format=_one_of("log.format", get("log.format").lower(), ("text", "json")),
@@ -412,6 +442,33 @@ def _build_upstream(get: Any) -> UpstreamConfig:
         keepalive_timeout=_positive(
             "upstream.keepalive_timeout", get("upstream.keepalive_timeout")
         ),
+        pass_access_token=get("upstream.pass_access_token"),
+    )
+
+
+def _build_assertion(get: Any) -> AssertionConfig:
+    header = get("assertion.header")
+    if not header.lower().startswith("x-reddit-") or not set(header) <= _USERNAME_CHARS:
+        raise ConfigError(
+            "assertion.header",
+            "must be a header name starting with X-Reddit- (so that the gateway "
+            "scrubs any client-sent copy)",
+        )
+    key_file = get("assertion.key_file")
+    if key_file and not os.path.isfile(key_file):
+        raise ConfigError("assertion.key_file", f"{key_file!r} is not a readable file")
+    lifetime = get("assertion.lifetime")
+    if not 10 <= lifetime <= 3600:
+        raise ConfigError("assertion.lifetime", "must be between 10 and 3600 seconds")
+    return AssertionConfig(
+        enabled=get("assertion.enabled"),
+        header=header,
+        algorithm=_one_of(
+            "assertion.algorithm", get("assertion.algorithm"), ("EdDSA", "ES256")
+        ),
+        key_file=key_file,
+        lifetime=lifetime,
+        audience=get("assertion.audience"),
     )
 
 
@@ -491,11 +548,43 @@ def _build_session(get: Any, server: ServerConfig) -> SessionConfig:
     if max_age < 60:
         raise ConfigError("session.max_age", "must be at least 60 seconds")
 
+    idle_timeout = get("session.idle_timeout")
+    if idle_timeout < 0 or 0 < idle_timeout < 60:
+        raise ConfigError("session.idle_timeout", "must be 0 (off) or at least 60")
+
+    domain = get("session.cookie_domain").strip().lstrip(".").lower()
+    host = (server.public_url.host or "").lower()
+    if domain and host != domain and not host.endswith("." + domain):
+        raise ConfigError(
+            "session.cookie_domain",
+            f"{domain!r} does not cover public_url's host {host!r}, so browsers "
+            "would refuse the cookie",
+        )
+    if secure and not domain and not cookie_name.startswith("__Host-"):
+        # SECURITY: cookie tossing from a sibling subdomain: a __Host- cookie can
+        # only be set by this very origin, over https, for the whole site.
+        cookie_name = "__Host-" + cookie_name
+
+    store = _one_of("session.store", get("session.store"), ("cookie", "redis"))
+    redis_url = _secret_value(get, "session.redis_url", "session.redis_url_file")
+    if store == "redis" and redis_url is None:
+        raise ConfigError("session.redis_url", 'required with store = "redis"')
+    if redis_url is not None and not redis_url.reveal().startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            "session.redis_url", "must start with redis://, rediss:// or unix://"
+        )
+
     return SessionConfig(
         secrets=tuple(secrets),
         cookie_name=cookie_name,
         cookie_secure=secure,
         max_age=max_age,
+        idle_timeout=idle_timeout,
+        cookie_domain=domain,
+        store=store,
+        redis_url=redis_url or Secret(""),
     )
 
 
@@ -581,22 +670,21 @@ def _effective(config: Config, section: str) -> dict[str, Any]:
             "redirect_url": s.redirect_url,
             "trusted_proxies": [str(n) for n in s.trusted_proxies],
         }
-    if section == "session":
-        se = config.session
-        return {
-            "secrets": [str(secret) for secret in se.secrets],
-            "cookie_name": se.cookie_name,
-            "cookie_secure": se.cookie_secure,
-            "max_age": se.max_age,
-        }
     if section == "access":
         return {"users": sorted(config.access.users)}
     part = getattr(config, section)
     values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
-    return {
-        key: str(value) if isinstance(value, URL | Secret) else value
-        for key, value in values.items()
-    }
+    return {key: _shown(value) for key, value in values.items()}
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, URL | Secret):
+        return str(value)  # a Secret shows as ********
+    if isinstance(value, frozenset):
+        return sorted(_shown(item) for item in value)
+    if isinstance(value, tuple | list):
+        return [_shown(item) for item in value]
+    return value
 
 
 def _toml_value(value: Any) -> str:

@@ -101,9 +101,11 @@ async def test_cookies_are_secure_when_configured(make_stack: StackFactory) -> N
             session_cookie = next(
                 v
                 for v in response.headers.getall("Set-Cookie")
-                if v.startswith("_reddit_gateway=")
+                if v.startswith("__Host-_reddit_gateway=")
             )
 
+    # SECURITY: cookie tossing: the session cookie can only come from this origin.
+    assert login_cookie.startswith("__Secure-_reddit_gateway_login_")
     assert "secure" in login_cookie.lower()
     assert "secure" in session_cookie.lower()
 
