@@ -20,7 +20,9 @@ from gateway.login_state import LoginStates
 from gateway.policy import Policy
 from gateway.proxy import UpstreamProxy, make_upstream_session
 from gateway.reddit import RedditClient
-from gateway.session import FernetCookieStorage, SessionCodec
+from gateway.renewal import SessionRenewal
+from gateway.session import SessionCodec
+from gateway.session_store import CookieStore, SessionStorage, SessionStore
 
 
 async def build_app(
@@ -45,7 +47,8 @@ async def build_app(
         owned.append(upstream_session)
 
     secrets = config.session.secrets
-    sessions = SessionCodec(secrets, config.session.max_age, clock)
+    store = make_store(config, clock)
+    owned_stores = [store]
     states = LoginStates(
         secrets,
         # Login cookies live on the callback path only, which __Host- forbids.
@@ -54,16 +57,25 @@ async def build_app(
         config.session.cookie_secure,
         clock,
     )
-    storage = FernetCookieStorage(sessions, config.session)
+    storage = SessionStorage(store, config.session, clock)
     reddit = RedditClient(config.reddit, config.server.redirect_url, reddit_session)
     login = LoginStarter(states, reddit)
+    renewal = SessionRenewal(
+        store=store,
+        reddit=reddit,
+        refreshable=config.reddit.duration == "permanent",
+        idle_timeout=config.session.idle_timeout,
+        clock=clock,
+    )
     authenticator = Authenticator(
-        sessions=sessions,
-        cookie_name=config.session.cookie_name,
+        store=store,
+        renewal=renewal,
+        session_config=config.session,
         policy=Policy(config.access),
         login=login,
         public_url=config.server.public_url,
         endpoint_mw=session_middleware(storage),
+        clock=clock,
     )
     endpoints = Endpoints(
         config=config,
@@ -71,7 +83,7 @@ async def build_app(
         states=states,
         login=login,
         authenticator=authenticator,
-        sessions=sessions,
+        store=store,
         upstream_session=lambda: upstream_session,
         clock=clock,
     )
@@ -80,6 +92,7 @@ async def build_app(
         return name == config.session.cookie_name or states.is_gateway_cookie(name)
 
     app = web.Application(middlewares=[authenticator.middleware])
+    app.on_response_prepare.append(authenticator.send_pending_cookie)
     app.router.add_routes(endpoints.routes())
     app.router.add_route(
         "*",
@@ -95,9 +108,16 @@ async def build_app(
     async def close_sessions(app: web.Application) -> None:
         for session in owned:
             await session.close()
+        for owned_store in owned_stores:
+            await owned_store.close()
 
     app.on_cleanup.append(close_sessions)
     return app
+
+
+def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
+    codec = SessionCodec(config.session.secrets, config.session.max_age, clock)
+    return CookieStore(codec)
 
 
 def make_reddit_session() -> aiohttp.ClientSession:

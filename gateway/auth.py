@@ -7,16 +7,21 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from yarl import URL
 
+from gateway.config import SessionConfig
 from gateway.log import USER_KEY, auth_event
 from gateway.login_state import LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.policy import Decision, Policy
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
-from gateway.session import SessionCodec, SessionPayload
+from gateway.renewal import SessionRenewal
+from gateway.session import SessionPayload, write_cookie
+from gateway.session_store import SessionStore, cookie_lifetime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UPSTREAM_ROUTE = "upstream"
+SESSION_KEY = web.RequestKey("gateway_session", SessionPayload)
+PENDING_COOKIE = web.RequestKey("gateway_pending_cookie", tuple[str, int])
 
 
 def is_navigation(request: web.BaseRequest) -> bool:
@@ -67,25 +72,34 @@ class Authenticator:
     def __init__(
         self,
         *,
-        sessions: SessionCodec,
-        cookie_name: str,
+        store: SessionStore,
+        renewal: SessionRenewal,
+        session_config: SessionConfig,
         policy: Policy,
         login: LoginStarter,
         public_url: URL,
         endpoint_mw: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]],
+        clock: Callable[[], float],
     ) -> None:
-        self._sessions = sessions
-        self._cookie_name = cookie_name
+        self._store = store
+        self._renewal = renewal
+        self._config = session_config
+        self._cookie_name = session_config.cookie_name
         self._policy = policy
         self._login = login
         self._public_url = public_url
         self._endpoint_mw = endpoint_mw
+        self._clock = clock
 
-    def current(self, request: web.BaseRequest) -> SessionPayload | None:
-        value = request.cookies.get(self._cookie_name)
-        if not value:
+    async def current(self, request: web.BaseRequest) -> SessionPayload | None:
+        """The signed-in session, if any; never calls reddit."""
+        handle = request.cookies.get(self._cookie_name)
+        if not handle:
             return None
-        return self._sessions.load(value)
+        payload = await self._store.load(handle)
+        if payload is None or self._renewal.is_idle(payload):
+            return None
+        return payload
 
     def decide(self, payload: SessionPayload) -> Decision:
         return self._policy.decide(payload.user)
@@ -97,9 +111,23 @@ class Authenticator:
         if request.match_info.route.name != UPSTREAM_ROUTE:
             return await self._endpoint_mw(request, handler)
 
-        payload = self.current(request)
-        if payload is None:
+        handle = request.cookies.get(self._cookie_name)
+        payload = await self._store.load(handle) if handle else None
+        if payload is None or handle is None:
             return self.challenge(request)
+        if self._renewal.is_idle(payload):
+            auth_event("signed_out", user=payload.user, reason="idle")
+            await self._store.delete(handle)
+            return self._ended(request)
+
+        if self._renewal.due(payload, handle):
+            renewed = await self._renewal.renew(payload, handle)
+            if renewed.payload is None:
+                return self._ended(request)
+            payload = renewed.payload
+            if renewed.handle is not None:
+                lifetime = cookie_lifetime(payload, self._config.max_age, self._clock())
+                request[PENDING_COOKIE] = (renewed.handle, lifetime)
 
         decision = self.decide(payload)
         if not decision.allowed:
@@ -107,7 +135,36 @@ class Authenticator:
             return refusal(request, payload.user, decision)
 
         request[USER_KEY] = payload.user
+        request[SESSION_KEY] = payload
         return await handler(request)
+
+    def _ended(self, request: web.Request) -> web.Response:
+        """The session is over: forget its cookie, then as if there were none."""
+        response = self.challenge(request)
+        self.write_cookie(response, "", 0)
+        return response
+
+    def write_cookie(
+        self, response: web.StreamResponse, value: str, max_age: int
+    ) -> None:
+        write_cookie(
+            response,
+            self._cookie_name,
+            value,
+            path="/",
+            max_age=max_age,
+            secure=self._config.cookie_secure,
+            domain=self._config.cookie_domain or None,
+        )
+
+    async def send_pending_cookie(
+        self, request: web.BaseRequest, response: web.StreamResponse
+    ) -> None:
+        """on_response_prepare: a renewed session reaches the browser on every kind
+        of response, streamed and websocket ones included."""
+        pending = request.get(PENDING_COOKIE)
+        if pending is not None:
+            self.write_cookie(response, *pending)
 
     def challenge(self, request: web.Request) -> web.Response:
         """No valid session: a browser goes to reddit, anything else gets 401."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -25,12 +26,8 @@ from gateway.login_state import LoginState, LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
-from gateway.session import (
-    SessionCodec,
-    SessionPayload,
-    payload_from_session,
-    store_payload,
-)
+from gateway.session import SessionPayload, payload_from_session, store_payload
+from gateway.session_store import SessionStore
 
 log = logging.getLogger("gateway")
 
@@ -52,7 +49,7 @@ class Endpoints:
         states: LoginStates,
         login: LoginStarter,
         authenticator: Authenticator,
-        sessions: SessionCodec,
+        store: SessionStore,
         upstream_session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
     ) -> None:
@@ -61,7 +58,7 @@ class Endpoints:
         self._states = states
         self._login = login
         self._auth = authenticator
-        self._sessions = sessions
+        self._store = store
         self._upstream_session = upstream_session
         self._clock = clock
         self._public_url = config.server.public_url
@@ -142,10 +139,10 @@ class Endpoints:
             access_expires_at=now + grant.expires_in,
             refresh_token=grant.refresh_token,
             scopes=tuple(sorted(grant.scopes)),
+            sid=secrets.token_urlsafe(16),
+            last_seen=now,
         )
-        try:
-            self._sessions.dump(payload)
-        except ValueError:
+        if not self._store.fits(payload):
             log.error("the session of %s does not fit in a cookie", identity.name)
             return page(
                 502,
@@ -175,7 +172,7 @@ class Endpoints:
         self, request: web.Request, reason: str
     ) -> web.Response:
         problem = _STATE_PROBLEMS.get(reason, _STATE_PROBLEMS["unknown"])
-        payload = self._auth.current(request)
+        payload = await self._auth.current(request)
         if payload is not None:
             return page(
                 400,
@@ -241,7 +238,7 @@ class Endpoints:
         return True
 
     async def auth(self, request: web.Request) -> web.Response:
-        payload = self._auth.current(request)
+        payload = await self._auth.current(request)
         if payload is None:
             return json_error(401, "unauthorized", "Not signed in.")
         decision = self._auth.decide(payload)
@@ -252,7 +249,7 @@ class Endpoints:
         return web.Response(status=202, headers={"X-Reddit-User": payload.user})
 
     async def userinfo(self, request: web.Request) -> web.Response:
-        payload = self._auth.current(request)
+        payload = await self._auth.current(request)
         if payload is None:
             return json_error(401, "unauthorized", "Not signed in.")
         request[USER_KEY] = payload.user

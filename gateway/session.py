@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp_session import AbstractStorage, Session, SessionData
+from aiohttp_session import Session
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.config import Secret, SessionConfig
+from gateway.config import Secret
 
 Clock = Callable[[], float]
 
@@ -27,7 +27,7 @@ PAYLOAD_VERSION = 1
 _KEY_SALT = b"reddit-gateway cookie keys"
 _MIN_FERNET_BYTES = 1 + 8 + 16 + 16 + 32  # version, time, IV, one block, HMAC
 _MAX_CLOCK_SKEW = 60  # what Fernet tolerates for a token from the future
-_PAYLOAD_KEY = "payload"
+PAYLOAD_KEY = "payload"  # where aiohttp-session data holds the SessionPayload
 
 log = logging.getLogger("gateway.auth")
 
@@ -44,6 +44,8 @@ class SessionPayload:
     access_expires_at: float
     refresh_token: Secret | None
     scopes: tuple[str, ...]
+    sid: str = ""  # a random id for this sign-in, kept across renewals
+    last_seen: float = 0.0  # when the session was last renewed for idle_timeout
 
 
 def derive_key(secret: Secret, purpose: str) -> bytes:
@@ -124,7 +126,7 @@ class SessionCodec:
 
     def dump(self, payload: SessionPayload) -> str:
         """The cookie value; ValueError if it would be too long for a browser."""
-        value = self._cookies.seal(_encode(payload))
+        value = self._cookies.seal(encode_payload(payload))
         if len(value) > MAX_COOKIE_CHARS:
             raise ValueError(
                 f"a session cookie of {len(value)} characters exceeds"
@@ -141,7 +143,7 @@ class SessionCodec:
             return None
 
         try:
-            payload = _decode(data)
+            payload = decode_payload(data)
         except ValueError as exc:
             log.warning("session cookie refused: %s", exc)
             return None
@@ -159,7 +161,7 @@ class SessionCodec:
         return max(0, min(self.max_age, math.ceil(payload.expires_at - self._clock())))
 
 
-def _encode(payload: SessionPayload) -> bytes:
+def encode_payload(payload: SessionPayload) -> bytes:
     fields: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
         "u": payload.user,
@@ -175,11 +177,15 @@ def _encode(payload: SessionPayload) -> bytes:
         fields["r"] = payload.refresh_token.reveal()
     if payload.scopes:
         fields["s"] = " ".join(payload.scopes)
+    if payload.sid:
+        fields["id"] = payload.sid
+    if payload.last_seen:
+        fields["l"] = payload.last_seen
     return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _decode(data: bytes) -> SessionPayload:
-    """The payload sealed by _encode; ValueError naming the reason otherwise."""
+def decode_payload(data: bytes) -> SessionPayload:
+    """The payload made by encode_payload; ValueError naming the reason otherwise."""
     try:
         fields = json.loads(data)
         version = fields.get("v")
@@ -198,6 +204,8 @@ def _decode(data: bytes) -> SessionPayload:
             access_expires_at=_number(fields.get("ae", 0)),
             refresh_token=_secret(fields.get("r")),
             scopes=tuple(_text(fields.get("s", "")).split()),
+            sid=_text(fields.get("id", "")),
+            last_seen=_number(fields.get("l", 0)),
         )
     except (KeyError, TypeError, OverflowError):
         raise ValueError("malformed") from None
@@ -230,6 +238,7 @@ def write_cookie(
     path: str,
     max_age: int,
     secure: bool,
+    domain: str | None = None,
 ) -> None:
     """Set one of the gateway's cookies (HttpOnly, SameSite=Lax, always a Max-Age).
 
@@ -242,74 +251,17 @@ def write_cookie(
         max_age=max_age,
         path=path,
         secure=secure,
+        domain=domain,
         httponly=True,
         samesite="Lax",
     )
 
 
-class FernetCookieStorage(AbstractStorage):
-    """aiohttp_session storage for the /oauth2/* endpoints: one SessionPayload.
-
-    Use payload_from_session() and store_payload() on the session; invalidate()
-    signs out. A missing or refused cookie gives a new, empty session.
-
-    The trap: aiohttp_session's middleware saves the session only into a
-    web.Response (returned or raised) that is not prepared yet. A
-    StreamResponse goes out without the cookie, and a prepared Response makes
-    it raise. A handler that changes the session returns a plain Response;
-    one that must stream calls save_session() itself before prepare().
-    """
-
-    def __init__(self, codec: SessionCodec, config: SessionConfig) -> None:
-        super().__init__(
-            cookie_name=config.cookie_name,
-            max_age=codec.max_age,
-            secure=config.cookie_secure,
-            httponly=True,
-            samesite="Lax",
-        )
-        self._codec = codec
-        self._secure = config.cookie_secure
-
-    async def load_session(self, request: web.Request) -> Session:
-        value = self.load_cookie(request)
-        payload = None if value is None else self._codec.load(value)
-        if payload is None:
-            return Session(None, data=None, new=True)
-
-        # max_age stays None: the codec has checked expiry by the injected clock,
-        # and Session would check it again by time.time().
-        data: SessionData = {
-            "created": int(payload.created_at),
-            "session": {_PAYLOAD_KEY: payload},
-        }
-        return Session(None, data=data, new=False)
-
-    async def save_session(
-        self, request: web.Request, response: web.StreamResponse, session: Session
-    ) -> None:
-        payload = payload_from_session(session)
-        if payload is None:
-            write_cookie(
-                response, self.cookie_name, "", path="/", max_age=0, secure=self._secure
-            )
-            return
-
-        write_cookie(
-            response,
-            self.cookie_name,
-            self._codec.dump(payload),
-            path="/",
-            max_age=self._codec.lifetime_left(payload),
-            secure=self._secure,
-        )
-
-
 def payload_from_session(session: Session) -> SessionPayload | None:
-    payload = session.get(_PAYLOAD_KEY)
+    payload = session.get(PAYLOAD_KEY)
     return payload if isinstance(payload, SessionPayload) else None
 
 
 def store_payload(session: Session, payload: SessionPayload) -> None:
     """Sign in: the middleware seals payload into the cookie on the response."""
-    session[_PAYLOAD_KEY] = payload
+    session[PAYLOAD_KEY] = payload

@@ -17,11 +17,11 @@ from cryptography.fernet import Fernet
 
 from gateway.config import Secret, SessionConfig
 from gateway.login_state import LoginStates
+from gateway.session_store import CookieStore, SessionStorage
 from gateway.session import (
     MAX_COOKIE_CHARS,
     SESSION_PURPOSE,
     CookieCodec,
-    FernetCookieStorage,
     SessionCodec,
     SessionPayload,
     derive_key,
@@ -267,7 +267,9 @@ def make_app(clock: Clock, *, secure: bool = False) -> web.Application:
     config = SessionConfig(
         secrets=(NEW,), cookie_name=COOKIE, cookie_secure=secure, max_age=MAX_AGE
     )
-    storage = FernetCookieStorage(SessionCodec(config.secrets, MAX_AGE, clock), config)
+    storage = SessionStorage(
+        CookieStore(SessionCodec(config.secrets, MAX_AGE, clock)), config, clock
+    )
     access = "a" * 1200
 
     async def sign_in(request: web.Request) -> web.Response:
@@ -402,7 +404,7 @@ async def test_sign_out_deletes_the_cookie_with_its_attributes(
 async def test_middleware_does_not_save_into_a_stream_response(
     aiohttp_client: Any,
 ) -> None:
-    # Pins the aiohttp_session trap documented on FernetCookieStorage.
+    # Pins the aiohttp_session trap documented on SessionStorage.
     client = await aiohttp_client(make_app(Clock()))
 
     response = await client.get("/oauth2/stream")

@@ -1,0 +1,145 @@
+"""Keeps signed-in sessions usable: refreshes reddit's token ahead of its expiry,
+ends idle sessions, and re-seals cookies made under an older key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from gateway.errors import RedditError, RedditGrantError
+from gateway.log import auth_event
+from gateway.reddit import RedditClient
+from gateway.session import SessionPayload
+from gateway.session_store import SessionStore
+
+# Refresh this long before reddit's expires_in runs out (reddit-api.md: 30-60 s).
+REFRESH_MARGIN = 60.0
+# After a refresh failed because reddit was unavailable, wait before trying again
+# rather than calling reddit on every request.
+RETRY_AFTER = 30.0
+# A session's last-seen time is written at most this often (for idle_timeout).
+TOUCH_EVERY = 60.0
+# How long a replica waits for another replica's refresh of the same session.
+_PEER_WAIT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    payload: SessionPayload | None  # None: the session has ended
+    handle: str | None  # a new cookie value to send, or None to leave it
+
+
+class SessionRenewal:
+    """Decides per request whether a session needs work; does it once per session.
+
+    `due()` is cheap and runs on every proxied request; `renew()` runs only when
+    it says so, and concurrent requests for one session share a single renewal.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        reddit: RedditClient,
+        refreshable: bool,
+        idle_timeout: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._reddit = reddit
+        self._refreshable = refreshable
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._running: dict[str, asyncio.Task[Renewed]] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def is_idle(self, payload: SessionPayload) -> bool:
+        if not self._idle_timeout:
+            return False
+        last = payload.last_seen or payload.created_at
+        return last + self._idle_timeout <= self._clock()
+
+    def due(self, payload: SessionPayload, handle: str) -> bool:
+        now = self._clock()
+        if self._refresh_due(payload, now):
+            return True
+        if self._idle_timeout and now - (payload.last_seen or 0) >= TOUCH_EVERY:
+            return True
+        return self._store.needs_reissue(handle)
+
+    async def renew(self, payload: SessionPayload, handle: str) -> Renewed:
+        key = payload.sid or handle
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.create_task(self._renew(payload, handle))
+            self._running[key] = task
+            task.add_done_callback(lambda _: self._running.pop(key, None))
+        # Several requests may wait on one renewal; shield it from their cancels.
+        return await asyncio.shield(task)
+
+    def _refresh_due(self, payload: SessionPayload, now: float) -> bool:
+        if not self._refreshable or payload.refresh_token is None:
+            return False
+        if payload.access_expires_at - REFRESH_MARGIN > now:
+            return False
+        return self._retry_at.get(payload.sid, 0.0) <= now
+
+    async def _renew(self, payload: SessionPayload, handle: str) -> Renewed:
+        now = self._clock()
+        if self._refresh_due(payload, now):
+            refreshed = await self._refresh(payload, handle)
+            if refreshed is not None:
+                return refreshed
+        touched = replace(payload, last_seen=now) if self._idle_timeout else payload
+        new_handle = await self._store.save(touched, handle)
+        return Renewed(touched, new_handle if new_handle != handle else None)
+
+    async def _refresh(self, payload: SessionPayload, handle: str) -> Renewed | None:
+        """A Renewed after a refresh or a refused one; None to carry on as before."""
+        assert payload.refresh_token is not None
+        if not await self._store.claim_refresh(payload.sid, _PEER_WAIT):
+            return await self._await_peer(payload, handle)
+
+        try:
+            grant = await self._reddit.refresh(payload.refresh_token)
+        except RedditGrantError as exc:
+            # The refresh token is dead (revoked app, deleted account): sign out.
+            auth_event("refresh_failed", user=payload.user, reason=exc.reason)
+            await self._store.delete(handle)
+            return Renewed(None, None)
+        except RedditError as exc:
+            auth_event(
+                "refresh_failed", logging.WARNING, user=payload.user, reason=exc.reason
+            )
+            self._retry_at[payload.sid] = self._clock() + RETRY_AFTER
+            return None
+
+        now = self._clock()
+        self._retry_at.pop(payload.sid, None)
+        renewed = replace(
+            payload,
+            access_token=grant.access_token,
+            access_expires_at=now + grant.expires_in,
+            # reddit may or may not rotate it; keep whichever it last gave.
+            refresh_token=grant.refresh_token or payload.refresh_token,
+            scopes=tuple(sorted(grant.scopes)) or payload.scopes,
+            last_seen=now if self._idle_timeout else payload.last_seen,
+        )
+        new_handle = await self._store.save(renewed, handle)
+        auth_event("refresh_ok", user=payload.user)
+        return Renewed(renewed, new_handle if new_handle != handle else None)
+
+    async def _await_peer(self, payload: SessionPayload, handle: str) -> Renewed | None:
+        """Another replica is refreshing this session: wait for its result."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PEER_WAIT
+        while loop.time() < deadline:
+            await asyncio.sleep(0.1)
+            current = await self._store.load(handle)
+            if current is None:
+                return Renewed(None, None)
+            if current.access_expires_at != payload.access_expires_at:
+                return Renewed(current, None)
+        return None
