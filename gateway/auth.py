@@ -164,7 +164,11 @@ class Authenticator:
         of response, streamed and websocket ones included."""
         pending = request.get(PENDING_COOKIE)
         if pending is not None:
-            self.write_cookie(response, *pending)
+            # By now aiohttp has turned response.cookies into headers already.
+            holder = web.StreamResponse()
+            self.write_cookie(holder, *pending)
+            morsel = holder.cookies[self._cookie_name]
+            response.headers.add("Set-Cookie", morsel.output(header="")[1:])
 
     def challenge(self, request: web.Request) -> web.Response:
         """No valid session: a browser goes to reddit, anything else gets 401."""

@@ -3,6 +3,7 @@ servers on loopback, plus a browser-like client that can sign in."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +64,7 @@ class RecordingUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/set-cookies", self._set_cookies)
+        app.router.add_get("/stream", self._stream)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         return app
 
@@ -92,6 +94,16 @@ class RecordingUpstream:
                 "sha256": got.body_sha256,
             }
         )
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """A chunked body written in pieces, like a download or an event stream."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for index in range(3):
+            await response.write(b"chunk %d\n" % index)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
 
     async def _set_cookies(self, request: web.Request) -> web.Response:
         response = web.Response(text="cookies")
