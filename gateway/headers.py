@@ -1,4 +1,5 @@
-"""Which headers cross the gateway: hop-by-hop, identity scrubbing, X-Forwarded-*."""
+"""Which headers cross the gateway: hop-by-hop, identity scrubbing, X-Forwarded-*
+and Forwarded, the app's links to itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, MultiMapping
+
+from gateway.redirect_rewrite import REWRITTEN_HEADERS
 
 HOP_BY_HOP = frozenset(
     {
@@ -27,6 +30,7 @@ GATEWAY_SET = (
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "forwarded",
 )
 IDENTITY_PREFIX = "x-reddit-"
 
@@ -35,7 +39,6 @@ _GATEWAY_SET = frozenset(GATEWAY_SET)
 # tend to believe. The gateway is where trust starts, so none comes from outside.
 CLIENT_CLAIMS = frozenset(
     {
-        "forwarded",
         "x-real-ip",
         "x-client-ip",
         "true-client-ip",
@@ -58,6 +61,12 @@ _NOTHING_LISTED: frozenset[str] = frozenset()
 _HOST_RE = re.compile(
     r"(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
 )
+# RFC 7239: a list of elements, each of pairs name=token or name="quoted"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = rf'{_TOKEN}=(?:{_TOKEN}|"(?:[\t !#-\[\]-~]|\\[\t -~])*")'
+_ELEMENT = rf"{_PAIR}(?:[ \t]*;[ \t]*{_PAIR})*"
+_FORWARDED_RE = re.compile(rf"{_ELEMENT}(?:[ \t]*,[ \t]*{_ELEMENT})*")
+_TOKEN_RE = re.compile(_TOKEN)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +78,7 @@ class ForwardedFor:
     client_chain: str  # X-Forwarded-For: "1.2.3.4, 5.6.7.8"; "" when unknown
     proto: str
     host: str
+    forwarded: str = ""  # Forwarded: a trusted proxy's list, then our element
 
 
 def forwarded_facts(
@@ -78,24 +88,32 @@ def forwarded_facts(
     host: str,
     trusted: Sequence[Network],
 ) -> ForwardedFor:
-    """X-Forwarded-For/Proto/Host; the client's claims count only via a trusted peer."""
+    """X-Forwarded-For/Proto/Host and Forwarded (RFC 7239).
+
+    The client's claims count only via a trusted peer. Our Forwarded element says
+    what this hop saw (the peer, our scheme, the Host we got), as RFC 7239 asks;
+    X-Forwarded-Proto/Host carry what a trusted proxy says the client used.
+    """
     peer = peer_ip or ""
+    hop = _forwarded_element(peer, scheme, host)
     if not trusted or not _is_trusted(peer, trusted):
         # SECURITY: X-Forwarded-For spoofing: an untrusted peer's claims are ignored
-        return ForwardedFor(peer, scheme, host)
+        return ForwardedFor(peer, scheme, host, hop)
 
-    chain = ", ".join(
-        part
-        for v in request_headers.getall("X-Forwarded-For", ())
-        if (part := v.strip())
-    )
+    chain = _joined(request_headers.getall("X-Forwarded-For", ()))
     proto = _last_item(request_headers.getall("X-Forwarded-Proto", ())).lower()
     claimed_host = _last_item(request_headers.getall("X-Forwarded-Host", ()))
+    earlier = _joined(request_headers.getall("Forwarded", ()))
+    if not _FORWARDED_RE.fullmatch(earlier):
+        # SECURITY: Forwarded injection: a list we cannot parse is replaced, since
+        # the app's parser might read it differently from ours
+        earlier = ""
 
     return ForwardedFor(
         f"{chain}, {peer}" if chain else peer,
         proto if proto in _PROTOS else scheme,
         claimed_host if _HOST_RE.fullmatch(claimed_host) else host,
+        f"{earlier}, {hop}" if earlier else hop,
     )
 
 
@@ -153,15 +171,21 @@ def upstream_request_headers(
     out["X-Forwarded-Proto"] = forwarded.proto
     if forwarded.host:
         out["X-Forwarded-Host"] = forwarded.host
+    if forwarded.forwarded:
+        out["Forwarded"] = forwarded.forwarded
     return out, spoofed
 
 
 def downstream_response_headers(
-    upstream: MultiMapping[str], is_own_cookie: Callable[[str], bool] = lambda _: False
+    upstream: MultiMapping[str],
+    is_own_cookie: Callable[[str], bool] = lambda _: False,
+    rewrite_link: Callable[[str, str], str] | None = None,
 ) -> CIMultiDict[str]:
     """The upstream's headers minus hop-by-hop; repeats (Set-Cookie) kept, in order.
 
-    A Set-Cookie for one of the gateway's own cookies is dropped.
+    A Set-Cookie for one of the gateway's own cookies is dropped. ``rewrite_link``
+    (lowercase name, value) -> value, if given, gets Location, Content-Location and
+    Refresh.
     """
     listed = _connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
@@ -173,6 +197,8 @@ def downstream_response_headers(
         # or fixate the gateway's own cookies.
         if lname == "set-cookie" and is_own_cookie(value.partition("=")[0].strip()):
             continue
+        if rewrite_link is not None and lname in REWRITTEN_HEADERS:
+            value = rewrite_link(lname, value)
         out.add(name, value)
     return out
 
@@ -194,6 +220,25 @@ def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     tokens = {t.strip().lower() for v in values for t in v.split(",")}
     tokens.discard("host")  # a request without Host would be routed by our URL's
     return frozenset(tokens)
+
+
+def _forwarded_element(peer: str, scheme: str, host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        node = "unknown"  # RFC 7239's word for a peer without an IP (a Unix socket)
+    else:
+        node = f'"[{peer}]"' if ip.version == 6 else peer
+    element = f"for={node};proto={scheme}"
+    if _HOST_RE.fullmatch(host):
+        # SECURITY: Forwarded injection: only a plain host[:port] goes in, quoted
+        # when it is not a token, so a Host header cannot add pairs or elements
+        element += f";host={host}" if _TOKEN_RE.fullmatch(host) else f';host="{host}"'
+    return element
+
+
+def _joined(values: list[str] | tuple[()]) -> str:
+    return ", ".join(part for v in values if (part := v.strip()))
 
 
 def _last_item(values: list[str] | tuple[()]) -> str:

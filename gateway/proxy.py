@@ -12,36 +12,30 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.body_watch import (
+    ClientGone,
+    ClientWatch,
+    Upload,
+    UpstreamIdle,
+    client_left,
+    next_chunk,
+)
 from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
+from gateway.pages import json_error
+from gateway.redirect_rewrite import RedirectRewriter
 
 log = logging.getLogger("gateway.proxy")
 
-CONNECTION_LIMIT = 100
-# Below the idle timeouts of common app servers (uvicorn 5 s, nginx/aiohttp 75 s), so
-# we rarely reuse a connection the upstream is closing at that very moment.
-KEEPALIVE_TIMEOUT = 4.0
+# What aiohttp's parser takes from a client; beyond it the client gets a 400. Give
+# these to the server's runner (web.run_app, web.AppRunner). Lines of 8 KiB as nginx
+# and Apache; header fields twice that, for an app's cookies beside our 4 KiB one.
+# SECURITY: header flooding: a request's head is bounded before any handler runs
+REQUEST_LIMITS = {"max_line_size": 8190, "max_field_size": 16384, "max_headers": 128}
 # aiohttp adds these unless told not to; the upstream gets only what the client sent.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
-
-def make_upstream_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
-    """The ClientSession UpstreamProxy expects; create it inside the running loop.
-
-    Keep-alive pool, bodies left encoded, no cookie jar (a jar would also rewrite the
-    Cookie header), no session timeout: UpstreamProxy times the header wait itself.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=CONNECTION_LIMIT, keepalive_timeout=KEEPALIVE_TIMEOUT
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
+# origin-form only: no control characters, spaces, non-ASCII, or fragment
+_UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
 
 
 class UpstreamProxy:
@@ -52,12 +46,20 @@ class UpstreamProxy:
         upstream: UpstreamConfig,
         session: aiohttp.ClientSession,
         is_own_cookie: Callable[[str], bool] = lambda _: False,
+        *,
+        public_url: URL | None = None,
     ) -> None:
+        """``public_url``: where the app's links to itself are pointed (None: not)."""
         base = upstream.url.with_query(None).with_fragment(None)
         self._prefix = str(base).rstrip("/")
         self._timeout = upstream.timeout
+        self._idle = upstream.idle_timeout
+        self._host = None if upstream.pass_host_header else upstream.url.raw_authority
         self._session = session
         self._is_own_cookie = is_own_cookie
+        self._rewrite_link: Callable[[str, str], str] | None = None
+        if upstream.rewrite_redirects and public_url is not None:
+            self._rewrite_link = RedirectRewriter(base, public_url).rewrite
 
     async def forward(
         self, request: web.Request, headers: CIMultiDict[str]
@@ -66,20 +68,27 @@ class UpstreamProxy:
 
         ``upstream.timeout`` bounds the time spent waiting on the upstream for the
         response headers (connecting, taking the body, answering); never the time
-        spent waiting on the client's upload, never the response body.
+        spent waiting on the client's upload, never the response body. Bodies both
+        ways may pause for up to ``upstream.idle_timeout`` (0: forever). A client
+        that leaves during any long wait has its upstream request ended too.
         """
         target = request.raw_path
         if not target.startswith("/") or _UNSAFE_TARGET.search(target):
             # SECURITY: request smuggling via the request target
             log.warning("bad_request_target method=%s", request.method)
-            return _error(400, "bad_request", "The request target is not a path.")
+            return json_error(400, "bad_request", "The request target is not a path.")
+        if self._host is not None:
+            headers["Host"] = self._host
         url = URL(self._prefix + target, encoded=True)
         upload = (
-            _Upload(request.content, self._timeout) if request.body_exists else None
+            Upload(request.content, self._timeout, self._idle)
+            if request.body_exists
+            else None
         )
 
         try:
             async with asyncio.timeout(self._timeout) as deadline:
+                watch = ClientWatch(request, deadline)
                 if upload is not None:
                     upload.deadline = deadline
                 try:
@@ -92,14 +101,22 @@ class UpstreamProxy:
                         allow_redirects=False,
                     )
                 finally:
+                    watch.stop()
                     if upload is not None:
                         upload.deadline = None
         except TimeoutError:
+            if client_left(request):  # the watch ended the wait: nobody to answer
+                log.info(
+                    "client_gone method=%s path=%s", request.method, _path(request)
+                )
+                return json_error(502, "bad_gateway", "The client left.")
             log.warning(
                 "upstream_timeout method=%s path=%s", request.method, _path(request)
             )
-            return _error(504, "gateway_timeout", "The app did not answer in time.")
+            return json_error(504, "gateway_timeout", "The app did not answer in time.")
         except aiohttp.ClientError as exc:
+            if upload is not None and upload.went_idle:
+                return _client_idle(request)
             return _unreachable(request, exc)
         except ValueError as exc:  # a header aiohttp cannot encode, a bad length
             log.warning(  # the type only: the message may quote a header's value
@@ -107,7 +124,7 @@ class UpstreamProxy:
                 request.method,
                 type(exc).__name__,
             )
-            return _error(400, "bad_request", "The request has a malformed header.")
+            return json_error(400, "bad_request", "The request has a malformed header.")
 
         try:
             return await self._relay(request, upstream)
@@ -120,7 +137,9 @@ class UpstreamProxy:
         if upstream.status < 200:  # an unasked-for 101: there is nothing to switch
             return _unreachable(request, aiohttp.ClientError("informational answer"))
         content = upstream.content
-        headers = downstream_response_headers(upstream.headers, self._is_own_cookie)
+        headers = downstream_response_headers(
+            upstream.headers, self._is_own_cookie, self._rewrite_link
+        )
 
         if content.is_eof():
             # The whole body came with the headers: answer with one write.
@@ -147,20 +166,27 @@ class UpstreamProxy:
                 _path(request),
                 type(exc).__name__,
             )
-            return _error(502, "bad_gateway", "The app sent a malformed header.")
+            return json_error(502, "bad_gateway", "The app sent a malformed header.")
         except ConnectionError:
             return response  # the client left; nothing to tell it
         if isinstance(response, web.Response):
             return response  # aiohttp writes the body when we return
 
         try:
-            async for chunk in content.iter_any():
+            while chunk := await next_chunk(request, content, self._idle):
                 try:
                     await response.write(chunk)
                 except ConnectionError:
-                    log.info("client_gone path=%s", _path(request))
-                    upstream.close()
-                    return response
+                    raise ClientGone from None
+        except ClientGone:
+            log.info("client_gone path=%s", _path(request))
+            upstream.close()
+            return response
+        except UpstreamIdle:
+            log.warning("upstream_idle path=%s seconds=%s", _path(request), self._idle)
+            upstream.close()
+            _abort(request, response)
+            return response
         except (aiohttp.ClientError, OSError) as exc:
             log.warning(
                 "upstream_aborted path=%s error=%s", _path(request), _reason(exc)
@@ -173,36 +199,6 @@ class UpstreamProxy:
         return response
 
 
-class _Upload:
-    """The client's request body, pausing the upstream deadline while we read it."""
-
-    __slots__ = ("_content", "_loop", "_timeout", "deadline")
-
-    def __init__(self, content: aiohttp.StreamReader, timeout: float) -> None:
-        self._content = content
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self.deadline: asyncio.Timeout | None = None
-
-    def __aiter__(self) -> _Upload:
-        return self
-
-    async def __anext__(self) -> bytes:
-        self._reschedule(None)  # the client's pace is not the upstream's fault
-
-        chunk = await self._content.readany()
-
-        self._reschedule(self._loop.time() + self._timeout)
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
-    def _reschedule(self, when: float | None) -> None:
-        deadline = self.deadline
-        if deadline is not None and not deadline.expired():
-            deadline.reschedule(when)
-
-
 def _abort(request: web.Request, response: web.StreamResponse) -> None:
     # Never let a cut-off body look complete: no final chunk, and close the
     # connection so a Content-Length body ends short.
@@ -212,9 +208,15 @@ def _abort(request: web.Request, response: web.StreamResponse) -> None:
         transport.close()
 
 
+def _client_idle(request: web.Request) -> web.Response:
+    log.warning("client_idle method=%s path=%s", request.method, _path(request))
+    response = json_error(408, "request_timeout", "The request body stopped arriving.")
+    response.force_close()  # Connection: close; aiohttp drains for lingering_time
+    return response
+
+
 def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
-    transport = request.transport
-    if transport is None or transport.is_closing():
+    if client_left(request):
         log.info("client_gone method=%s path=%s", request.method, _path(request))
     else:
         log.warning(
@@ -223,7 +225,7 @@ def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
             _path(request),
             _reason(exc),
         )
-    return _error(502, "bad_gateway", "The app could not be reached.")
+    return json_error(502, "bad_gateway", "The app could not be reached.")
 
 
 def _reason(exc: BaseException) -> str:
@@ -238,7 +240,3 @@ def _path(request: web.Request) -> str:
     # Still percent-encoded (no line breaks to forge log lines) and without the query
     # (where tokens travel).
     return request.raw_path.partition("?")[0]
-
-
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)

@@ -19,7 +19,12 @@ from gateway.headers import (
 )
 
 COOKIE = "_reddit_gateway"
-FORWARDED = ForwardedFor("198.51.100.7", "https", "app.example.com")
+FORWARDED = ForwardedFor(
+    "198.51.100.7",
+    "https",
+    "app.example.com",
+    "for=198.51.100.7;proto=https;host=app.example.com",
+)
 TEN = ipaddress.ip_network("10.0.0.0/8")
 V6 = ipaddress.ip_network("2001:db8::/32")
 
@@ -102,6 +107,8 @@ def test_headers_merely_resembling_identity_pass(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     [
+        "Forwarded",
+        "forwarded",
         "X-Forwarded-For",
         "x-forwarded-for",
         "X_Forwarded_For",
@@ -120,6 +127,7 @@ def test_x_forwarded_for_spoofing_client_values_replaced(name: str) -> None:
     assert sent.getall("X-Forwarded-For") == ["198.51.100.7"]
     assert sent.getall("X-Forwarded-Proto") == ["https"]
     assert sent.getall("X-Forwarded-Host") == ["app.example.com"]
+    assert sent.getall("Forwarded") == [FORWARDED.forwarded]
 
 
 def test_gateway_sets_identity_and_forwarded_headers_last() -> None:
@@ -132,6 +140,7 @@ def test_gateway_sets_identity_and_forwarded_headers_last() -> None:
         ("X-Forwarded-For", "198.51.100.7"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "app.example.com"),
+        ("Forwarded", "for=198.51.100.7;proto=https;host=app.example.com"),
     ]
     assert {name.lower() for name in GATEWAY_SET} <= {k.lower() for k in sent}
 
@@ -368,7 +377,7 @@ def test_x_forwarded_for_spoofing_believed_only_from_trusted_proxies(
 ) -> None:
     facts = forwarded_facts(headers(*claims), peer, "http", "gw.local", trusted)
 
-    assert facts == ForwardedFor(*expected)
+    assert (facts.client_chain, facts.proto, facts.host) == expected
 
 
 @pytest.mark.parametrize(
@@ -420,6 +429,120 @@ def test_x_forwarded_host_spoofing_must_be_a_host(host: str, expected: str) -> N
     assert facts.host == expected
 
 
+OURS = "for=10.0.0.2;proto=http;host=gw.local"
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted", "sent", "scheme", "host", "expected"),
+    [
+        # untrusted peers: the client's list is replaced by our element
+        (
+            "198.51.100.7",
+            (),
+            ["for=1.2.3.4;proto=https"],
+            "http",
+            "gw.local",
+            "for=198.51.100.7;proto=http;host=gw.local",
+        ),
+        (
+            "198.51.100.7",
+            (TEN,),
+            ["for=1.2.3.4"],
+            "https",
+            "gw.local",
+            "for=198.51.100.7;proto=https;host=gw.local",
+        ),
+        ("2001:db8::7", (), [], "http", "h", 'for="[2001:db8::7]";proto=http;host=h'),
+        (None, (), [], "http", "h", "for=unknown;proto=http;host=h"),
+        ("not-an-ip", (), [], "http", "h", "for=unknown;proto=http;host=h"),
+        # the Host we got: quoted when not a token, left out when not a host
+        ("10.9.9.9", (), [], "http", "h:8443", 'for=10.9.9.9;proto=http;host="h:8443"'),
+        (
+            "10.9.9.9",
+            (),
+            [],
+            "http",
+            "[::1]:4180",
+            'for=10.9.9.9;proto=http;host="[::1]:4180"',
+        ),
+        ("10.9.9.9", (), [], "http", "h;for=6.6.6.6", "for=10.9.9.9;proto=http"),
+        ("10.9.9.9", (), [], "http", 'h",for=6.6.6.6', "for=10.9.9.9;proto=http"),
+        # trusted peers: their list, then our element
+        (
+            "10.0.0.2",
+            (TEN,),
+            ["for=203.0.113.9;proto=https;host=public.example"],
+            "http",
+            "gw.local",
+            f"for=203.0.113.9;proto=https;host=public.example, {OURS}",
+        ),
+        (
+            "10.0.0.2",
+            (TEN,),
+            ['for="[2001:db8::1]:4711";by=proxy', " for=a, for=_hidden "],
+            "http",
+            "gw.local",
+            f'for="[2001:db8::1]:4711";by=proxy, for=a, for=_hidden, {OURS}',
+        ),
+        (
+            "10.0.0.2",
+            (TEN,),
+            ['for=x;host="a \\" b"'],
+            "http",
+            "gw.local",
+            f'for=x;host="a \\" b", {OURS}',
+        ),
+        ("10.0.0.2", (TEN,), [], "http", "gw.local", OURS),
+        ("10.0.0.2", (TEN,), [""], "http", "gw.local", OURS),
+        (
+            "::ffff:10.0.0.2",
+            (TEN,),
+            ["for=1.1.1.1"],
+            "http",
+            "h",
+            'for=1.1.1.1, for="[::ffff:10.0.0.2]";proto=http;host=h',
+        ),
+    ],
+)
+def test_forwarded_header_appended_only_for_trusted_proxies(
+    peer: str | None,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    sent: list[str],
+    scheme: str,
+    host: str,
+    expected: str,
+) -> None:
+    claims = headers(*(("Forwarded", value) for value in sent))
+
+    facts = forwarded_facts(claims, peer, scheme, host, trusted)
+
+    assert facts.forwarded == expected
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "for=1.2.3.4;evil",
+        "for=1.2.3.4,",
+        'for="unterminated',
+        "for=1.2.3.4;;proto=http",
+        "for=1.2.3.4 proto=http",
+        "for=a=b",
+        "=1.2.3.4",
+        'for="a\x01"',
+        "for=\u00e9",
+    ],
+)
+def test_forwarded_injection_malformed_list_from_trusted_proxy_replaced(
+    claim: str,
+) -> None:
+    claims = headers(("Forwarded", "for=9.9.9.9"), ("Forwarded", claim))
+
+    facts = forwarded_facts(claims, "10.0.0.2", "http", "gw.local", (TEN,))
+
+    assert facts.forwarded == OURS
+
+
 # --- responses --------------------------------------------------------------------
 
 
@@ -467,7 +590,6 @@ def test_downstream_drops_hop_by_hop_and_connection_listed() -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "Forwarded",
         "X-Real-IP",
         "x_real_ip",
         "True-Client-IP",

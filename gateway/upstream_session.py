@@ -1,0 +1,61 @@
+"""The ClientSession to the upstream app: TCP, TLS or a Unix socket, and its pool."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import aiohttp
+
+from gateway.config import UpstreamConfig
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway.proxy")
+
+# What the app may answer (else 502): long Content-Security-Policy and Link headers.
+_ANSWER_FIELD_SIZE = 65536
+_ANSWER_MAX_HEADERS = 256
+
+
+def make_upstream_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
+    """The ClientSession UpstreamProxy expects; create it inside the running loop.
+
+    Keep-alive pool, bodies left encoded, no cookie jar (a jar would also rewrite the
+    Cookie header), no session timeout: UpstreamProxy times the header wait itself.
+    """
+    connector: aiohttp.BaseConnector
+    if upstream.unix_socket:
+        connector = aiohttp.UnixConnector(
+            upstream.unix_socket,
+            limit=upstream.max_connections,
+            keepalive_timeout=upstream.keepalive_timeout,
+        )
+    else:
+        connector = aiohttp.TCPConnector(
+            limit=upstream.max_connections,
+            keepalive_timeout=upstream.keepalive_timeout,
+            ssl=_tls(upstream),
+        )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+        max_field_size=_ANSWER_FIELD_SIZE,
+        max_headers=_ANSWER_MAX_HEADERS,
+    )
+
+
+def _tls(upstream: UpstreamConfig) -> ssl.SSLContext | bool:
+    if not upstream.tls_verify:
+        if upstream.url.scheme == "https":
+            log.warning("upstream_tls_unverified: tls_verify = false")
+        return False
+    if not upstream.ca_file:
+        return True  # the system's CAs
+    try:
+        return ssl.create_default_context(cafile=upstream.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        message = f"{upstream.ca_file!r} is not a PEM CA bundle: {exc}"
+        raise ConfigError("upstream.ca_file", message) from None
