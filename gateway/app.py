@@ -11,18 +11,32 @@ import aiohttp
 from aiohttp import web
 from aiohttp_session import session_middleware
 
-from gateway.auth import UPSTREAM_ROUTE, Authenticator, LoginStarter
+from gateway.assertion import AssertionSigner
+from gateway.auth import (
+    SESSION_KEY,
+    Authenticator,
+    LoginStarter,
+    store_outage,
+)
 from gateway.config import Config
 from gateway.endpoints import Endpoints
 from gateway.headers import forwarded_facts, upstream_request_headers
-from gateway.log import USER_KEY, auth_event
+from gateway.log import UPSTREAM_ROUTE, USER_KEY, auth_event
 from gateway.login_state import LoginStates
 from gateway.policy import Policy
-from gateway.proxy import UpstreamProxy, make_upstream_session
+from gateway.proxy import UpstreamProxy
 from gateway.reddit import RedditClient
+from gateway.redis_store import RedisStore
 from gateway.renewal import SessionRenewal
 from gateway.session import SessionCodec
 from gateway.session_store import CookieStore, SessionStorage, SessionStore
+from gateway.upstream_session import make_upstream_session
+from gateway.websocket import (
+    WEBSOCKETS,
+    WebSocketRelay,
+    is_websocket_upgrade,
+    make_websocket_session,
+)
 
 
 async def build_app(
@@ -45,6 +59,8 @@ async def build_app(
     if upstream_session is None:
         upstream_session = make_upstream_session(config.upstream)
         owned.append(upstream_session)
+    websocket_session = make_websocket_session(config.upstream)
+    owned.append(websocket_session)
 
     secrets = config.session.secrets
     store = make_store(config, clock)
@@ -91,7 +107,15 @@ async def build_app(
     def own_cookie(name: str) -> bool:
         return name == config.session.cookie_name or states.is_gateway_cookie(name)
 
-    app = web.Application(middlewares=[authenticator.middleware])
+    websockets = WebSocketRelay(
+        config.upstream,
+        websocket_session,
+        public_url=config.server.public_url,
+        is_own_cookie=own_cookie,
+    )
+    app = web.Application(middlewares=[store_outage, authenticator.middleware])
+    app[WEBSOCKETS] = websockets
+    app.on_shutdown.append(websockets.close_all)
     app.on_response_prepare.append(authenticator.send_pending_cookie)
     app.router.add_routes(endpoints.routes())
     app.router.add_route(
@@ -99,7 +123,13 @@ async def build_app(
         "/{tail:.*}",
         upstream_handler(
             config,
-            UpstreamProxy(config.upstream, upstream_session, own_cookie),
+            UpstreamProxy(
+                config.upstream,
+                upstream_session,
+                own_cookie,
+                public_url=config.server.public_url,
+            ),
+            websockets,
             own_cookie,
         ),
         name=UPSTREAM_ROUTE,
@@ -116,6 +146,8 @@ async def build_app(
 
 
 def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
+    if config.session.store == "redis":
+        return RedisStore.from_config(config.session, clock)
     codec = SessionCodec(config.session.secrets, config.session.max_age, clock)
     return CookieStore(codec)
 
@@ -127,9 +159,16 @@ def make_reddit_session() -> aiohttp.ClientSession:
 
 
 def upstream_handler(
-    config: Config, proxy: UpstreamProxy, own_cookie: Callable[[str], bool]
+    config: Config,
+    proxy: UpstreamProxy,
+    websockets: WebSocketRelay,
+    own_cookie: Callable[[str], bool],
+    *,
+    signer: AssertionSigner | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     trusted = config.server.trusted_proxies
+    pass_token = config.upstream.pass_access_token
+    assertion_header = config.assertion.header
 
     async def forward(request: web.Request) -> web.StreamResponse:
         user = request[USER_KEY]
@@ -147,6 +186,13 @@ def upstream_handler(
                 client=request.remote or "-",
                 headers=",".join(spoofed),
             )
+        session = request[SESSION_KEY]
+        if signer is not None:
+            headers[assertion_header] = signer.token_for(user, session.user_id)
+        if pass_token and session.access_token is not None:
+            headers["X-Reddit-Access-Token"] = session.access_token.reveal()
+        if is_websocket_upgrade(request):
+            return await websockets.relay(request, headers)
         return await proxy.forward(request, headers)
 
     return forward

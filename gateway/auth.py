@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from yarl import URL
 
 from gateway.config import SessionConfig
-from gateway.log import USER_KEY, auth_event
+from gateway.errors import SessionStoreUnavailable
+from gateway.log import UPSTREAM_ROUTE, USER_KEY, auth_event
 from gateway.login_state import LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.policy import Decision, Policy
@@ -19,9 +21,12 @@ from gateway.session import SessionPayload, write_cookie
 from gateway.session_store import SessionStore, cookie_lifetime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-UPSTREAM_ROUTE = "upstream"
+MAX_RETURN_CHARS = 1024
 SESSION_KEY = web.RequestKey("gateway_session", SessionPayload)
 PENDING_COOKIE = web.RequestKey("gateway_pending_cookie", tuple[str, int])
+STORE_RETRY_AFTER = "5"  # seconds, in the Retry-After of a store outage's 503
+
+log = logging.getLogger("gateway.auth")
 
 
 def is_navigation(request: web.BaseRequest) -> bool:
@@ -49,6 +54,8 @@ class LoginStarter:
         self._reddit = reddit
 
     def redirect(self, return_to: str) -> web.Response:
+        if len(return_to) > MAX_RETURN_CHARS:
+            return_to = "/"  # it travels in a cookie: keep that small
         state, cookie_name, cookie_value = self._states.begin(return_to)
         response = web.Response(
             status=302,
@@ -66,7 +73,7 @@ class Authenticator:
     """Guards every upstream route; the gateway's own endpoints pass to `endpoint_mw`.
 
     This runs on every proxied request, so it reads the session cookie directly
-    instead of through aiohttp-session (see PERFORMANCE.md).
+    instead of through aiohttp-session, whose middleware costs far more.
     """
 
     def __init__(
@@ -196,3 +203,33 @@ def refusal(request: web.BaseRequest, user: str, decision: Decision) -> web.Resp
         "sign in with that one.",
         [Action("Sign out", "/oauth2/sign_out", primary=True, post=True)],
     )
+
+
+@web.middleware
+async def store_outage(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost middleware: a session that could not be checked is a 503.
+
+    Neither a pass (the store's outage must never let a request through) nor a
+    401 (a trip to reddit would end at the same outage, a login loop).
+    """
+    try:
+        return await handler(request)
+    except SessionStoreUnavailable as exc:
+        log.error("session store unavailable: %s", exc.reason)
+
+    headers = {"Retry-After": STORE_RETRY_AFTER}
+    if not is_navigation(request):
+        return json_error(
+            503,
+            "session_store_unavailable",
+            "The gateway cannot check sessions right now; try again in a moment.",
+            headers=headers,
+        )
+    response = page(
+        503,
+        "Sign-in is unavailable right now",
+        "This app cannot check who you are because its session store is not "
+        "answering. Nothing was sent to the app. Reload this page in a moment.",
+    )
+    response.headers.update(headers)
+    return response

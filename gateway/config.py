@@ -367,7 +367,7 @@ def _build_server(get: Any) -> ServerConfig:
 
     redirect_url = get("server.redirect_url") or str(public_url / "oauth2" / "callback")
     redirect = _http_url("server.redirect_url", redirect_url)
-    if redirect.origin() != public_url:
+    if _origin(redirect) != _origin(public_url):
         raise ConfigError(
             "server.redirect_url",
             f"{redirect_url!r} must be on public_url's origin {str(public_url)!r}",
@@ -621,6 +621,11 @@ def _http_url(key: str, text: str) -> URL:
     if url.user or url.password:
         raise ConfigError(key, "must not carry a user name or password")
     return url
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port, with a default port written or not alike."""
+    return url.scheme, (url.host or "").lower(), url.port
 
 
 def _listen_address(text: str) -> tuple[str, int]:

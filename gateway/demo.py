@@ -78,25 +78,26 @@ async def run_demo(port: int) -> None:
     upstream_url = f"http://127.0.0.1:{port + 2}"
     config = demo_config(port, reddit_url, upstream_url)
 
-    runners = []
-    for app, host, app_port in (
-        (mock.app(), "localhost", port + 1),
-        (demo_upstream(), "127.0.0.1", port + 2),
-        (await build_app(config), "localhost", port),
-    ):
-        runner = web.AppRunner(app, **access_log_options())
-        await runner.setup()
-        await web.TCPSite(runner, host, app_port).start()
-        runners.append(runner)
-
-    print(
-        f"reddit-gateway demo: open http://localhost:{port}/ in a browser.\n"
-        f"  mock reddit: {reddit_url}  (type any username on its consent page)\n"
-        f"  demo app:    {upstream_url}  (reached only through the gateway)\n"
-        "Press Ctrl+C to stop.",
-        flush=True,
-    )
+    runners: list[web.AppRunner] = []
     try:
+
+        async def serve(app: web.Application, host: str, app_port: int) -> None:
+            runner = web.AppRunner(app, **access_log_options())
+            runners.append(runner)
+            await runner.setup()
+            await web.TCPSite(runner, host, app_port).start()
+
+        await serve(mock.app(), "localhost", port + 1)
+        await serve(demo_upstream(), "127.0.0.1", port + 2)
+        await serve(await build_app(config), "localhost", port)
+
+        print(
+            f"reddit-gateway demo: open http://localhost:{port}/ in a browser.\n"
+            f"  mock reddit: {reddit_url}  (type any username on its consent page)\n"
+            f"  demo app:    {upstream_url}  (reached only through the gateway)\n"
+            "Press Ctrl+C to stop.",
+            flush=True,
+        )
         await asyncio.Event().wait()
     finally:
         for runner in reversed(runners):

@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp_session import get_session, new_session
 
 from gateway.auth import Authenticator, LoginStarter, refusal
@@ -92,10 +94,11 @@ class Endpoints:
         else:
             response = await self._finish_login(request, outcome)
 
+        stale = self._states.crowding(request.cookies)
         if query.get("state"):
-            self._states.clear_cookie(
-                response, self._states.cookie_name_for(query["state"])
-            )
+            stale.append(self._states.cookie_name_for(query["state"]))
+        for name in dict.fromkeys(stale):
+            self._states.clear_cookie(response, name)
         return response
 
     async def _finish_login(
@@ -199,8 +202,7 @@ class Endpoints:
 
         rd = request.query.get("rd")
         if rd is None and request.method == "POST":
-            form = await request.post()
-            rd = form.get("rd") if isinstance(form.get("rd"), str) else None  # type: ignore[assignment]
+            rd = await _form_field(request, "rd")
         if rd is not None:
             target = return_target(rd, self._public_url)
             return web.Response(
@@ -268,23 +270,45 @@ class Endpoints:
         return web.Response(text="OK")
 
     async def ready(self, request: web.Request) -> web.Response:
-        """Ready when the upstream answers HTTP at all, whatever its status."""
+        """Ready when the upstream answers HTTP at all, whatever its status, and
+        the session store answers."""
         url = self._config.upstream.url
+        upstream = "unreachable"
         try:
             async with asyncio.timeout(min(5.0, self._config.upstream.timeout)):
-                async with self._upstream_session().get(
-                    url, allow_redirects=False
-                ) as response:
-                    status = response.status
+                async with self._upstream_session().get(url, allow_redirects=False):
+                    upstream = "ok"  # any HTTP answer; its status is the app's own
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("not ready: upstream %s: %s", url, type(exc).__name__)
-            return web.json_response(
-                {"ready": False, "upstream": "unreachable"}, status=503
-            )
-        return web.json_response({"ready": True, "upstream": status})
+
+        sessions = "ok" if await self._store.ping() else "unreachable"
+        if sessions != "ok":
+            log.warning("not ready: session store (%s) unreachable", self._store.kind)
+        ready = upstream != "unreachable" and sessions == "ok"
+        return web.json_response(
+            {"ready": ready, "upstream": upstream, "sessions": sessions},
+            status=200 if ready else 503,
+        )
 
     async def not_found(self, request: web.Request) -> web.Response:
         return json_error(404, "not_found", "No such gateway endpoint.")
+
+
+async def _form_field(request: web.Request, name: str) -> str | None:
+    """A field of a posted form, or None when there is none or the body is broken."""
+    try:
+        form = await request.post()
+    except (
+        ValueError,
+        LookupError,
+        HttpProcessingError,
+        RequestPayloadError,
+        web.HTTPException,
+    ):
+        log.info("ignored an unreadable form body on %s", request.path)
+        return None
+    value = form.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _reddit_failure_page(exc: RedditError, retry: Action) -> web.Response:

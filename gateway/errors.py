@@ -2,15 +2,17 @@
 
     GatewayError
     ├── ConfigError            bad configuration: refuse to start (names the key)
-    └── RedditError            a call to reddit did not give what the login needs
-        ├── RedditUnavailable      unreachable, slow, throttled, blocked, 5xx,
-        │                          or an answer that is not the JSON we expect
-        ├── RedditClientRejected   401 from the token endpoint: the operator's
-        │                          client id or secret is wrong
-        ├── RedditGrantError       a token answer carrying ``error`` (often in a
-        │                          200); ``.error`` holds reddit's code
-        └── RedditIdentityError    ``/api/v1/me`` names no acceptable account
-                                   (no name, bad name, suspended)
+    ├── RedditError            a call to reddit did not give what the login needs
+    │   ├── RedditUnavailable      unreachable, slow, throttled, blocked, 5xx,
+    │   │                          or an answer that is not the JSON we expect
+    │   ├── RedditClientRejected   401 from the token endpoint: the operator's
+    │   │                          client id or secret is wrong
+    │   ├── RedditGrantError       a token answer carrying ``error`` (often in a
+    │   │                          200); ``.error`` holds reddit's code
+    │   └── RedditIdentityError    ``/api/v1/me`` names no acceptable account
+    │                              (no name, bad name, suspended)
+    └── SessionStoreUnavailable  the session store (redis) did not answer: 503,
+                                 and no request goes through
 
 Messages never contain tokens, codes, secrets or cookie values.
 """
@@ -57,3 +59,11 @@ class RedditGrantError(RedditError):
 
 class RedditIdentityError(RedditError):
     """``/api/v1/me`` did not describe an account that may sign in."""
+
+
+class SessionStoreUnavailable(GatewayError):
+    """The session store could not be asked; ``reason`` is short and loggable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

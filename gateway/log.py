@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 access_log = logging.getLogger("gateway.access")
 auth_log = logging.getLogger("gateway.auth")
@@ -29,6 +30,7 @@ AUTH_EVENTS = frozenset(
 )
 
 USER_KEY = web.RequestKey("gateway_user", str)
+UPSTREAM_ROUTE = "upstream"  # the name of the catch-all route to the app
 
 
 def auth_event(event: str, level: int = logging.INFO, **fields: object) -> None:
@@ -90,6 +92,7 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         )
+    handler.addFilter(BadRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -99,14 +102,16 @@ def setup_logging(level: str, fmt: str) -> None:
 class AccessLogger(AbstractAccessLogger):
     """One line per request: client, user, method, path, status, bytes, time.
 
-    The query string of /oauth2/* is never logged: it carries codes and state.
+    The query string of the gateway's own endpoints is never logged: it carries
+    codes and state. Which endpoint it was is judged by the route aiohttp chose,
+    never by the raw path (which /%6fauth2/callback would fool).
     """
 
     def log(
         self, request: web.BaseRequest, response: web.StreamResponse, time: float
     ) -> None:
         path = request.raw_path
-        if path.startswith("/oauth2/"):
+        if not _is_upstream(request):
             path = path.partition("?")[0]
         user = request.get(USER_KEY, "-") if isinstance(request, web.Request) else "-"
         fields = {
@@ -133,6 +138,30 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+def _is_upstream(request: web.BaseRequest) -> bool:
+    if not isinstance(request, web.Request):
+        return False
+    route = request.match_info.route
+    return route is not None and route.name == UPSTREAM_ROUTE
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request as an error with a traceback that quotes
+    the offending bytes (cookie values included); make it one short line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            # SECURITY: secret leak into logs through aiohttp's parse errors.
+            record.msg = "bad_request error=%s status=%s"
+            record.args = (type(error).__name__, error.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.INFO
+            record.levelname = "INFO"
+        return True
 
 
 def access_log_options() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from gateway.session import Clock, CookieCodec, write_cookie
 LOGIN_STATE_PURPOSE = "login-state"
 STATE_TTL = 600  # reddit's authorization codes live 10 minutes too
 USED_STATES_CAP = 10_000
+PENDING_LOGINS = 4  # unfinished logins (tabs) a browser keeps cookies for
 STATE_VERSION = 1
 
 _MAX_STATE_CHARS = 128  # ours are 43
@@ -144,6 +145,23 @@ class LoginStates:
         if not self._consume(state, now):
             return StateRejection("used")
         return login
+
+    def crowding(self, request_cookies: Mapping[str, str]) -> list[str]:
+        """Names of login cookies to clear so that at most PENDING_LOGINS remain.
+
+        Every unfinished login leaves a cookie that the browser sends to the
+        callback; enough of them make the request too large to be served at all.
+        """
+        # SECURITY: sign-in denial by login-cookie pile-up: keep the newest few.
+        issued: list[tuple[float, str]] = []
+        for name, value in request_cookies.items():
+            if not self.is_gateway_cookie(name):
+                continue
+            data = self._codec.open(value, self._ttl)
+            login = None if data is None else _decode(data)
+            issued.append((login.issued_at if login else float("-inf"), name))
+        issued.sort(reverse=True)
+        return [name for _, name in issued[PENDING_LOGINS:]]
 
     def _consume(self, state: str, now: float) -> bool:
         """Record state as used; False if it already was. Bounded: expired go first."""

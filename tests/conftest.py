@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import pathlib
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -220,3 +226,73 @@ async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
         return Stack(URL(public), reddit, upstream, config, clock, app)
 
     yield make
+
+
+class RedisServer:
+    """A throwaway redis-server on loopback that keeps nothing on disk."""
+
+    def __init__(self, executable: str, directory: pathlib.Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._command = [
+            executable,
+            *("--bind", "127.0.0.1", "--port", str(self.port)),
+            *("--save", "", "--appendonly", "no", "--dir", str(directory)),
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again, on the same port) and wait until it answers."""
+        self._process = subprocess.Popen(
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self._command}")
+            try:
+                with self.client() as client:
+                    if client.ping():
+                        return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer within 10 s")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2)
+
+
+def redis_server_executable() -> str:
+    """redis-server's path; without it, a skip (or in CI a failure) naming the fix."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        message = (
+            "redis-server is not installed; install Debian's package: "
+            "apt-get install redis-server"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return executable
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole run; `redis_url` empties it for each test."""
+    server = RedisServer(redis_server_executable(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url

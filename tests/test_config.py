@@ -79,6 +79,15 @@ def test_redirect_url_is_kept_byte_for_byte() -> None:
     assert config.server.callback_path == "/auth/cb/"
 
 
+@pytest.mark.parametrize(
+    "public_url", ["https://app.example.com:443", "HTTPS://App.Example.com"]
+)
+def test_public_url_with_default_port_or_capitals_is_accepted(public_url: str) -> None:
+    config = load_config(None, {**BASE_ENV, "GATEWAY_SERVER_PUBLIC_URL": public_url})
+
+    assert config.server.callback_path == "/oauth2/callback"
+
+
 def test_secret_files_are_read(tmp_path: pathlib.Path) -> None:
     (tmp_path / "client").write_text("from-a-file-secret\n")
     (tmp_path / "session").write_text(SECRET + "\n")

@@ -9,7 +9,23 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.log import USER_KEY, AccessLogger, JsonFormatter, access_log, auth_event
+from gateway.log import (
+    UPSTREAM_ROUTE,
+    USER_KEY,
+    AccessLogger,
+    JsonFormatter,
+    access_log,
+    auth_event,
+)
+
+
+def _matched(route_name: str) -> web.UrlMappingMatchInfo:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    route = app.router.add_get("/{tail:.*}", handler, name=route_name)
+    return web.UrlMappingMatchInfo({}, route)
 
 
 def test_auth_events_have_a_fixed_vocabulary() -> None:
@@ -37,18 +53,25 @@ def test_auth_event_text_quotes_odd_values(caplog: pytest.LogCaptureFixture) -> 
 
 
 @pytest.mark.parametrize(
-    ("target", "logged"),
+    ("target", "route", "logged"),
     [
-        ("/oauth2/callback?code=SECRETCODE&state=SECRETSTATE", "/oauth2/callback"),
-        ("/oauth2/start?rd=/x", "/oauth2/start"),
-        ("/app/page?q=1", "/app/page?q=1"),
+        (
+            "/oauth2/callback?code=SECRETCODE&state=SECRETSTATE",
+            "callback",
+            "/oauth2/callback",
+        ),
+        ("/%6fauth2/callback?code=SECRETCODE", "callback", "/%6fauth2/callback"),
+        ("/auth/cb?code=SECRETCODE", "callback", "/auth/cb"),
+        ("/oauth2/start?rd=/x", "start", "/oauth2/start"),
+        ("/app/page?q=1", UPSTREAM_ROUTE, "/app/page?q=1"),
     ],
 )
 def test_access_log_never_shows_the_query_of_gateway_endpoints(
-    caplog: pytest.LogCaptureFixture, target: str, logged: str
+    caplog: pytest.LogCaptureFixture, target: str, route: str, logged: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
     request = make_mocked_request("GET", target)
+    request._match_info = _matched(route)  # as aiohttp's router would set it
     request[USER_KEY] = "alice"
     response = web.Response(status=302)
 
@@ -59,3 +82,29 @@ def test_access_log_never_shows_the_query_of_gateway_endpoints(
     assert record.access["user"] == "alice"  # type: ignore[attr-defined]
     assert "SECRET" not in record.getMessage()
     assert "SECRET" not in JsonFormatter().format(record)
+
+
+def test_bad_request_traceback_becomes_one_line_without_the_bytes() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from gateway.log import BadRequestFilter
+
+    try:
+        raise BadHttpMessage("Cookie: _reddit_gateway=SECRETVALUE")
+    except BadHttpMessage:
+        import sys
+
+        record = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            "x",
+            1,
+            "Error handling request",
+            (),
+            sys.exc_info(),
+        )
+
+    assert BadRequestFilter().filter(record)
+    assert record.exc_info is None
+    assert record.levelno == logging.INFO
+    assert "SECRETVALUE" not in record.getMessage()

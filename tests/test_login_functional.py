@@ -645,3 +645,62 @@ async def test_no_token_code_or_secret_reaches_the_log(
     assert "login_ok" in logged
     for secret in secrets:
         assert secret not in logged
+
+
+@pytest.mark.parametrize(
+    ("content_type", "extra", "body"),
+    [
+        ("application/x-www-form-urlencoded; charset=bogus", {}, b"rd=/x"),
+        ("application/x-www-form-urlencoded; charset=utf-16", {}, b"rd=/x"),
+        ("multipart/form-data; boundary=zzz", {}, b"--zzz\r\nbroken"),
+        ("application/x-www-form-urlencoded", {"Content-Encoding": "gzip"}, b"rd=/x"),
+        ("application/x-www-form-urlencoded", {}, b"\xff\xferd=/x"),
+    ],
+    ids=["bogus-charset", "utf-16", "broken-multipart", "fake-gzip", "bad-bytes"],
+)
+async def test_sign_out_with_a_broken_form_body_still_signs_out(
+    stack: Stack,
+    browser: aiohttp.ClientSession,
+    content_type: str,
+    extra: dict[str, str],
+    body: bytes,
+) -> None:
+    await stack.login(browser, "alice")
+
+    async with browser.post(
+        stack.url / "oauth2/sign_out",
+        data=body,
+        headers={"Content-Type": content_type, **extra},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 200
+        assert "Max-Age=0" in response.headers.get("Set-Cookie", "")
+
+
+async def test_sign_in_denial_by_login_cookie_pile_up_is_cleared(
+    stack: Stack, browser: aiohttp.ClientSession
+) -> None:
+    starts = []
+    for index in range(8):
+        stack.clock.advance(1)
+        async with browser.get(
+            stack.url / "oauth2/start",
+            params={"rd": f"/tab{index}"},
+            allow_redirects=False,
+        ) as start:
+            starts.append(URL(start.headers["Location"]))
+    callback = await stack.consent(browser, starts[-1], "alice")
+
+    async with browser.get(callback, allow_redirects=False) as response:
+        assert response.status == 302
+        cleared = [
+            c.split("=", 1)[0]
+            for c in response.headers.getall("Set-Cookie")
+            if "_login_" in c and "Max-Age=0" in c
+        ]
+
+    assert len(cleared) == 5  # four of the oldest, and the one just used
+    remaining = [
+        c.key for c in browser.cookie_jar if c.key.startswith("_reddit_gateway_login_")
+    ]
+    assert len(remaining) == 3

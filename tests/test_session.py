@@ -17,7 +17,6 @@ from cryptography.fernet import Fernet
 
 from gateway.config import Secret, SessionConfig
 from gateway.login_state import LoginStates
-from gateway.session_store import CookieStore, SessionStorage
 from gateway.session import (
     MAX_COOKIE_CHARS,
     SESSION_PURPOSE,
@@ -28,6 +27,7 @@ from gateway.session import (
     payload_from_session,
     store_payload,
 )
+from gateway.session_store import CookieStore, SessionStorage
 
 NEW = Secret("n" * 40)
 OLD = Secret("o" * 40)
