@@ -15,10 +15,10 @@ import time
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import build_app
+from gateway.app import build_app, server_options
 from gateway.config import Config, describe, load_config
 from gateway.errors import ConfigError, SessionStoreUnavailable
-from gateway.log import access_log_options, setup_logging
+from gateway.log import setup_logging
 from gateway.redis_store import RedisStore
 
 log = logging.getLogger("gateway")
@@ -139,7 +139,7 @@ def run_gateway(config: Config) -> int:
             host=config.server.listen_host,
             port=config.server.listen_port,
             print=None,
-            **access_log_options(),
+            **server_options(),
         )
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.server.listen_port, exc.strerror)

@@ -6,6 +6,8 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -21,10 +23,10 @@ from gateway.auth import (
 from gateway.config import Config
 from gateway.endpoints import Endpoints
 from gateway.headers import forwarded_facts, upstream_request_headers
-from gateway.log import UPSTREAM_ROUTE, USER_KEY, auth_event
+from gateway.log import UPSTREAM_ROUTE, USER_KEY, access_log_options, auth_event
 from gateway.login_state import LoginStates
 from gateway.policy import Policy
-from gateway.proxy import UpstreamProxy
+from gateway.proxy import REQUEST_LIMITS, UpstreamProxy
 from gateway.reddit import RedditClient
 from gateway.redis_store import RedisStore
 from gateway.renewal import SessionRenewal
@@ -61,6 +63,10 @@ async def build_app(
         owned.append(upstream_session)
     websocket_session = make_websocket_session(config.upstream)
     owned.append(websocket_session)
+    # /oauth2/ready gets connections of its own: a busy pool must not make the
+    # gateway look dead to its orchestrator.
+    probe_session = make_upstream_session(replace(config.upstream, max_connections=2))
+    owned.append(probe_session)
 
     secrets = config.session.secrets
     store = make_store(config, clock)
@@ -74,6 +80,7 @@ async def build_app(
         clock,
     )
     storage = SessionStorage(store, config.session, clock)
+    signer = make_signer(config, clock)
     reddit = RedditClient(config.reddit, config.server.redirect_url, reddit_session)
     login = LoginStarter(states, reddit)
     renewal = SessionRenewal(
@@ -100,7 +107,8 @@ async def build_app(
         login=login,
         authenticator=authenticator,
         store=store,
-        upstream_session=lambda: upstream_session,
+        upstream_session=lambda: probe_session,
+        signer=signer,
         clock=clock,
     )
 
@@ -131,6 +139,7 @@ async def build_app(
             ),
             websockets,
             own_cookie,
+            signer=signer,
         ),
         name=UPSTREAM_ROUTE,
     )
@@ -145,11 +154,27 @@ async def build_app(
     return app
 
 
+def server_options() -> dict[str, Any]:
+    """Arguments for aiohttp's runner: the access log and request size limits."""
+    return {**access_log_options(), **REQUEST_LIMITS}
+
+
 def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
     if config.session.store == "redis":
         return RedisStore.from_config(config.session, clock)
     codec = SessionCodec(config.session.secrets, config.session.max_age, clock)
     return CookieStore(codec)
+
+
+def make_signer(config: Config, clock: Callable[[], float]) -> AssertionSigner | None:
+    if not config.assertion.enabled:
+        return None
+    return AssertionSigner(
+        config.assertion,
+        issuer=str(config.server.public_url),
+        default_audience=str(config.upstream.url),
+        clock=clock,
+    )
 
 
 def make_reddit_session() -> aiohttp.ClientSession:

@@ -8,9 +8,8 @@ import secrets
 
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import build_app, server_options
 from gateway.config import Config, load_config
-from gateway.log import access_log_options
 from gateway.mock_reddit import MockReddit
 
 DEMO_CLIENT_ID = "demo-client-id"
@@ -82,7 +81,7 @@ async def run_demo(port: int) -> None:
     try:
 
         async def serve(app: web.Application, host: str, app_port: int) -> None:
-            runner = web.AppRunner(app, **access_log_options())
+            runner = web.AppRunner(app, **server_options())
             runners.append(runner)
             await runner.setup()
             await web.TCPSite(runner, host, app_port).start()

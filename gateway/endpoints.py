@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp_session import get_session, new_session
 
+from gateway.assertion import AssertionSigner
 from gateway.auth import Authenticator, LoginStarter, refusal
 from gateway.config import Config
 from gateway.errors import (
@@ -54,6 +55,7 @@ class Endpoints:
         store: SessionStore,
         upstream_session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
+        signer: AssertionSigner | None = None,
     ) -> None:
         self._config = config
         self._reddit = reddit
@@ -63,10 +65,13 @@ class Endpoints:
         self._store = store
         self._upstream_session = upstream_session
         self._clock = clock
+        self._jwks = signer.jwks() if signer is not None else None
         self._public_url = config.server.public_url
 
     def routes(self) -> list[web.RouteDef]:
+        keys = [web.get("/oauth2/jwks.json", self.jwks)] if self._jwks else []
         return [
+            *keys,
             web.get("/oauth2/start", self.start),
             web.get(self._config.server.callback_path, self.callback),
             web.get("/oauth2/sign_out", self.sign_out),
@@ -264,6 +269,12 @@ class Endpoints:
                 "expires_at": int(payload.expires_at),
             },
             headers={"Cache-Control": "no-store"},
+        )
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """The public keys that verify X-Reddit-Assertion."""
+        return web.json_response(
+            self._jwks, headers={"Cache-Control": "public, max-age=300"}
         )
 
     async def ping(self, request: web.Request) -> web.Response:

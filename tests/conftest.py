@@ -22,9 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from gateway.app import build_app
+from gateway.app import build_app, server_options
 from gateway.config import Config, load_config
-from gateway.log import access_log_options
 from gateway.mock_reddit import MockReddit
 
 CLIENT_ID = "test-client-id"
@@ -222,7 +221,7 @@ async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
         reddit.add_client(CLIENT_ID, CLIENT_SECRET, config.server.redirect_url)
 
         app = await build_app(config, clock=clock)
-        await aiohttp_server(app, port=port, **access_log_options())
+        await aiohttp_server(app, port=port, **server_options())
         return Stack(URL(public), reddit, upstream, config, clock, app)
 
     yield make
