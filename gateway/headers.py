@@ -35,6 +35,25 @@ GATEWAY_SET = (
 IDENTITY_PREFIX = "x-reddit-"
 
 _GATEWAY_SET = frozenset(GATEWAY_SET)
+# Identity headers of other auth proxies (oauth2-proxy, Authelia, Apache's
+# REMOTE_USER); an app moved behind this gateway may still believe them.
+IDENTITY_CLAIMS = frozenset(
+    {
+        "remote-user",
+        "x-remote-user",
+        "x-user",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-forwarded-access-token",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-auth-request-access-token",
+    }
+)
 # Claims about the client's address or the original URL that apps and frameworks
 # tend to believe. The gateway is where trust starts, so none comes from outside.
 CLIENT_CLAIMS = frozenset(
@@ -142,9 +161,9 @@ def upstream_request_headers(
 
     for name, value in incoming.items():
         lname = name.lower()
-        key = lname.replace("_", "-")
-        if key.startswith(IDENTITY_PREFIX):
-            # SECURITY: identity header spoofing (any case, "_" read as "-")
+        key = lname.replace("_", "-").replace(".", "-")
+        if key.startswith(IDENTITY_PREFIX) or key in IDENTITY_CLAIMS:
+            # SECURITY: identity header spoofing (any case, "_" or "." for "-")
             spoofed.append(name)
             continue
         if key in _NOT_PASSED:
@@ -206,11 +225,25 @@ def downstream_response_headers(
 def strip_cookies(header: str, is_own: Callable[[str], bool]) -> str:
     """Drop the gateway's cookies from a Cookie header; other pairs byte for byte."""
     pairs = header.split(";")
-    kept = [pair for pair in pairs if not is_own(pair.partition("=")[0].strip())]
+    if header.isascii() and "," not in header:
+        kept = [pair for pair in pairs if not is_own(pair.partition("=")[0].strip())]
+    else:
+        # SECURITY: session cookie leak to upstream: a cookie parser may split on
+        # "," too, and bytes it drops may join a name back together.
+        kept = [pair for pair in pairs if not any(map(is_own, _loose_names(pair)))]
     if len(kept) == len(pairs):
         return header
     value = ";".join(kept).lstrip(" \t")
     return value if value.strip(" \t;") else ""
+
+
+def _loose_names(pair: str) -> list[str]:
+    """Every name a lenient parser could read in one ';'-separated pair."""
+    names = []
+    for part in pair.split(","):
+        name = part.partition("=")[0]
+        names.append("".join(c for c in name if "!" <= c <= "~"))
+    return names
 
 
 def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -36,6 +37,15 @@ REQUEST_LIMITS = {"max_line_size": 8190, "max_field_size": 16384, "max_headers":
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # origin-form only: no control characters, spaces, non-ASCII, or fragment
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
+
+
+def has_dot_segment(target: str) -> bool:
+    """True if the path, decoded once, has a "." or ".." segment (/ or \\ apart)."""
+    path = target.partition("?")[0]
+    if "." not in path and "%2" not in path:
+        return False  # the common case, without decoding
+    decoded = unquote(path).replace("\\", "/")
+    return any(segment in (".", "..") for segment in decoded.split("/"))
 
 
 class UpstreamProxy:
@@ -77,6 +87,14 @@ class UpstreamProxy:
             # SECURITY: request smuggling via the request target
             log.warning("bad_request_target method=%s", request.method)
             return json_error(400, "bad_request", "The request target is not a path.")
+        if has_dot_segment(target):
+            # SECURITY: path traversal out of the upstream's base path (and past
+            # any rule made on the path): "..", also as %2e%2e or behind %2f.
+            log.warning("dot_segment_target method=%s", request.method)
+            return json_error(400, "bad_request", "The path has . or .. segments.")
+        if request.method in ("TRACE", "TRACK"):
+            # SECURITY: cross-site tracing: an echo of the request's headers.
+            return json_error(405, "method_not_allowed", "TRACE is not served.")
         if self._host is not None:
             headers["Host"] = self._host
         url = URL(self._prefix + target, encoded=True)

@@ -629,3 +629,43 @@ def test_session_overwrite_by_the_upstream_set_cookie_is_dropped() -> None:
     )
 
     assert out.getall("Set-Cookie") == ["app=1; Path=/", "other=2"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X.Reddit.User",
+        "x.reddit_user",
+        "Remote-User",
+        "Remote_User",
+        "X-Remote-User",
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "X-Forwarded-Preferred-Username",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X-Forwarded-Access-Token",
+    ],
+)
+def test_identity_header_spoofing_of_other_auth_proxies_is_scrubbed(name: str) -> None:
+    sent, spoofed = send((name, "admin"))
+
+    assert "admin" not in sent.values()
+    assert spoofed == [name]
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "x=1, _reddit_gateway=SESSION",
+        "_reddit_gateway=SESSION, x=1",
+        "x=1; y=2, _reddit_gateway=SESSION",
+        "_reddit_gat\ufffdeway=SESSION; x=1",
+        "_reddit_gat\udcffeway=SESSION; x=1",
+        "\u00a0_reddit_gateway=SESSION; x=1",
+    ],
+)
+def test_session_cookie_leak_to_upstream_through_lenient_parsing(cookie: str) -> None:
+    sent, _ = send(("Cookie", cookie))
+
+    assert "SESSION" not in ";".join(sent.getall("Cookie", []))
