@@ -163,7 +163,7 @@ def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
     if config.session.store == "redis":
         return RedisStore.from_config(config.session, clock)
     codec = SessionCodec(config.session.secrets, config.session.max_age, clock)
-    return CookieStore(codec)
+    return CookieStore(codec, clock)
 
 
 def make_signer(config: Config, clock: Callable[[], float]) -> AssertionSigner | None:

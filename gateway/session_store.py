@@ -55,25 +55,39 @@ class SessionStore(Protocol):
 
 
 class CookieStore:
-    """The whole payload, encrypted, in the cookie; nothing kept on the server.
+    """The whole payload, encrypted, in the cookie; nothing shared between replicas.
 
-    A sign-out ends the session in that browser only: a copied cookie stays
-    valid until it expires. The redis store ends it everywhere.
+    A sign-out ends the session in that browser, and this process remembers the
+    ended session until it would have expired, so a copied cookie is refused
+    here too. Another replica, or this one after a restart, would still accept
+    the copy until it expires: the redis store ends sessions everywhere.
     """
 
     kind = "cookie"
 
-    def __init__(self, codec: SessionCodec) -> None:
+    def __init__(self, codec: SessionCodec, clock: Clock) -> None:
         self._codec = codec
+        self._clock = clock
+        self._ended: dict[str, float] = {}  # sid -> when its cookie expires anyway
 
     async def load(self, handle: str) -> SessionPayload | None:
-        return self._codec.load(handle)
+        payload = self._codec.load(handle)
+        if payload is not None and payload.sid in self._ended:
+            return None
+        return payload
 
     async def save(self, payload: SessionPayload, previous: str | None = None) -> str:
         return self._codec.dump(payload)
 
     async def delete(self, handle: str) -> None:
-        return None
+        payload = self._codec.load(handle)
+        if payload is None or not payload.sid:
+            return
+        now = self._clock()
+        if len(self._ended) >= ENDED_SESSIONS_CAP:
+            self._ended = {s: t for s, t in self._ended.items() if t > now}
+        if len(self._ended) < ENDED_SESSIONS_CAP:
+            self._ended[payload.sid] = payload.expires_at
 
     async def revoke_user(self, user: str) -> int:
         raise NotImplementedError(
@@ -99,6 +113,9 @@ class CookieStore:
         except ValueError:
             return False
         return True
+
+
+ENDED_SESSIONS_CAP = 100_000  # signed-out cookie sessions remembered per process
 
 
 def cookie_lifetime(payload: SessionPayload, max_age: int, now: float) -> int:

@@ -183,6 +183,24 @@ async def test_sign_out_clears_the_session_and_revokes_the_token(
         assert after.status == 401
 
 
+async def test_session_replay_after_sign_out_is_refused_by_this_gateway(
+    stack: Stack, browser: aiohttp.ClientSession
+) -> None:
+    await stack.login(browser, "alice")
+    copied = browser.cookie_jar.filter_cookies(stack.url)["_reddit_gateway"].value
+
+    async with browser.post(stack.url / "oauth2/sign_out", allow_redirects=False):
+        pass
+
+    async with aiohttp.ClientSession() as thief:
+        async with thief.get(
+            stack.url / "x",
+            headers={"Cookie": f"_reddit_gateway={copied}", "Accept": "*/*"},
+        ) as response:
+            assert response.status == 401
+    assert stack.upstream.received == []
+
+
 async def test_sign_out_still_ends_the_session_when_reddit_is_down(
     stack: Stack, browser: aiohttp.ClientSession
 ) -> None:

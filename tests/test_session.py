@@ -268,7 +268,7 @@ def make_app(clock: Clock, *, secure: bool = False) -> web.Application:
         secrets=(NEW,), cookie_name=COOKIE, cookie_secure=secure, max_age=MAX_AGE
     )
     storage = SessionStorage(
-        CookieStore(SessionCodec(config.secrets, MAX_AGE, clock)), config, clock
+        CookieStore(SessionCodec(config.secrets, MAX_AGE, clock), clock), config, clock
     )
     access = "a" * 1200
 
