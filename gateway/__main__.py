@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.app import build_app, server_options
-from gateway.config import Config, describe, load_config
+from gateway.config import Config, config_warnings, describe, load_config
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.log import setup_logging
 from gateway.redis_store import RedisStore
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(describe(config), end="")
+        for warning in config_warnings(config):
+            print(f"# warning: {warning}", file=sys.stderr)
         print("# configuration OK", file=sys.stderr)
         return 0
     if args.command == "sessions":

@@ -80,6 +80,7 @@ async def build_app(
         clock,
     )
     storage = SessionStorage(store, config.session, clock)
+    policy = Policy(config.access, clock)
     signer = make_signer(config, clock)
     reddit = RedditClient(config.reddit, config.server.redirect_url, reddit_session)
     login = LoginStarter(states, reddit)
@@ -89,12 +90,15 @@ async def build_app(
         refreshable=config.reddit.duration == "permanent",
         idle_timeout=config.session.idle_timeout,
         clock=clock,
+        policy=policy,
+        recheck_interval=config.access.recheck_interval,
+        recheck_grace=config.access.recheck_grace,
     )
     authenticator = Authenticator(
         store=store,
         renewal=renewal,
         session_config=config.session,
-        policy=Policy(config.access),
+        policy=policy,
         login=login,
         public_url=config.server.public_url,
         endpoint_mw=session_middleware(storage),
@@ -106,6 +110,7 @@ async def build_app(
         states=states,
         login=login,
         authenticator=authenticator,
+        policy=policy,
         store=store,
         upstream_session=lambda: probe_session,
         signer=signer,
@@ -196,7 +201,7 @@ def upstream_handler(
     assertion_header = config.assertion.header
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        user = request[USER_KEY]
+        user = request.get(USER_KEY)  # None on a public route
         facts = forwarded_facts(
             request.headers, request.remote, request.scheme, request.host, trusted
         )
@@ -207,15 +212,17 @@ def upstream_handler(
             auth_event(
                 "spoofed_header",
                 logging.WARNING,
-                user=user,
+                user=user or "-",
                 client=request.remote or "-",
                 headers=",".join(spoofed),
             )
-        session = request[SESSION_KEY]
-        if signer is not None:
-            headers[assertion_header] = signer.token_for(user, session.user_id)
-        if pass_token and session.access_token is not None:
-            headers["X-Reddit-Access-Token"] = session.access_token.reveal()
+        session = request.get(SESSION_KEY)
+        if session is not None:
+            if signer is not None:
+                token = signer.token_for(session.user, session.user_id)
+                headers[assertion_header] = token
+            if pass_token and session.access_token is not None:
+                headers["X-Reddit-Access-Token"] = session.access_token.reveal()
         if is_websocket_upgrade(request):
             return await websockets.relay(request, headers)
         return await proxy.forward(request, headers)

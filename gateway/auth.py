@@ -13,7 +13,7 @@ from gateway.errors import SessionStoreUnavailable
 from gateway.log import UPSTREAM_ROUTE, USER_KEY, auth_event
 from gateway.login_state import LoginStates
 from gateway.pages import Action, json_error, page
-from gateway.policy import Decision, Policy
+from gateway.policy import Decision, Policy, Route, UserFacts
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
 from gateway.renewal import SessionRenewal
@@ -108,8 +108,9 @@ class Authenticator:
             return None
         return payload
 
-    def decide(self, payload: SessionPayload) -> Decision:
-        return self._policy.decide(payload.user)
+    def decide(self, payload: SessionPayload, route: Route | None = None) -> Decision:
+        facts = payload.facts or UserFacts(name=payload.user)
+        return self._policy.decide(facts, route)
 
     @web.middleware
     async def middleware(
@@ -117,6 +118,9 @@ class Authenticator:
     ) -> web.StreamResponse:
         if request.match_info.route.name != UPSTREAM_ROUTE:
             return await self._endpoint_mw(request, handler)
+        route = self._policy.route_for(request.raw_path)
+        if route.public:
+            return await handler(request)  # no identity; spoofs still scrubbed
 
         handle = request.cookies.get(self._cookie_name)
         payload = await self._store.load(handle) if handle else None
@@ -136,7 +140,7 @@ class Authenticator:
                 lifetime = cookie_lifetime(payload, self._config.max_age, self._clock())
                 request[PENDING_COOKIE] = (renewed.handle, lifetime)
 
-        decision = self.decide(payload)
+        decision = self.decide(payload, route)
         if not decision.allowed:
             auth_event("denied", user=payload.user, rule=decision.rule)
             return refusal(request, payload.user, decision)
@@ -197,11 +201,16 @@ def refusal(request: web.BaseRequest, user: str, decision: Decision) -> web.Resp
         return json_error(403, "forbidden", decision.reason)
     return page(
         403,
-        "You can't open this app",
+        "You can't open this page",
         f"You are signed in as u/{user}. {decision.reason} "
-        "If you have another reddit account that is allowed, sign out and "
-        "sign in with that one.",
-        [Action("Sign out", "/oauth2/sign_out", primary=True, post=True)],
+        "If another reddit account of yours is allowed, sign out of reddit.com, "
+        "then sign in here with that one.",
+        [
+            Action("Sign out", "/oauth2/sign_out", primary=True, post=True),
+            Action(
+                "Switch account", "/oauth2/sign_out?rd=%2Foauth2%2Fstart", post=True
+            ),
+        ],
     )
 
 

@@ -7,8 +7,10 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
+import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +93,37 @@ class SessionConfig:
     redis_url: Secret = Secret("")
 
 
-@dataclass(frozen=True, slots=True)
-class AccessConfig:
-    users: frozenset[str]  # casefolded
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRules:
+    """One set of access rules; an empty or zero rule is not checked."""
+
+    users: frozenset[str] = frozenset()  # casefolded; empty: any reddit account
+    deny_users: frozenset[str] = frozenset()  # casefolded
+    moderators_of: tuple[str, ...] = ()  # subreddits as written, without "r/"
+    subscribers_of: tuple[str, ...] = ()
+    contributors_of: tuple[str, ...] = ()  # approved users
+    min_account_age_days: int = 0
+    min_karma: int | None = None  # karma can be negative: None is "no minimum"
+    require_verified_email: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessRoute(AccessRules):
+    """An [[access.routes]] entry: rules on top of the global ones, or public."""
+
+    prefix: str  # starts with "/"; no trailing "/" unless it is "/"
+    public: bool = False  # served without sign-in; then it has no rules
+    allow_suspended: bool | None = None  # only false means anything: routes narrow
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessConfig(AccessRules):
+    """[access]: the global rules, their re-checks, and the per-path routes."""
+
+    allow_suspended: bool = False
+    recheck_interval: int = 900  # seconds between re-checks of a session's facts
+    recheck_grace: int = 1800  # seconds a last decision outlives reddit's outage
+    routes: tuple[AccessRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +203,17 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "access": {
         "users": ("list", []),
+        "deny_users": ("list", []),
+        "moderators_of": ("list", []),
+        "subscribers_of": ("list", []),
+        "contributors_of": ("list", []),
+        "min_account_age_days": ("int", 0),
+        "min_karma": ("int", ""),  # "": no minimum
+        "require_verified_email": ("bool", False),
+        "allow_suspended": ("bool", False),
+        "recheck_interval": ("int", 900),
+        "recheck_grace": ("int", 1800),
+        "routes": ("routes", []),
     },
     "assertion": {
         "enabled": ("bool", False),
@@ -283,14 +324,18 @@ def _check_type(name: str, kind: str, value: Any) -> Any:
         "float": (int, float),
         "bool": (bool,),
         "list": (list,),
+        "routes": (list,),
     }
     if isinstance(value, bool) and kind != "bool":
         raise ConfigError(name, f"expected {_TYPE_WORDS[kind]}, got a boolean")
     if not isinstance(value, expected[kind]):
         got = type(value).__name__
         raise ConfigError(name, f"expected {_TYPE_WORDS[kind]}, got {got} {value!r}")
-    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+    items = value if isinstance(value, list) else []
+    if kind == "list" and not all(isinstance(item, str) for item in items):
         raise ConfigError(name, "expected a list of strings")
+    if kind == "routes" and not all(isinstance(item, dict) for item in items):
+        raise ConfigError(name, "expected [[access.routes]] tables")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(name, "expected a finite number")
     return value
@@ -303,6 +348,7 @@ _TYPE_WORDS = {
     "float": "a number",
     "bool": "true or false",
     "list": "a list of strings",
+    "routes": "[[access.routes]] tables",
 }
 
 
@@ -312,6 +358,8 @@ def _parse_env(env_name: str, kind: str, text: str) -> Any:
         return text
     if kind == "list":
         return [item.strip() for item in text.split(",") if item.strip()]
+    if kind == "routes":
+        raise ConfigError(env_name, "routes can be set only in the TOML file")
     if kind == "bool":
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -342,12 +390,15 @@ def _build(values: Mapping[str, Any]) -> Config:
     server = _build_server(get)
     reddit = _build_reddit(get)
     session = _build_session(get, server)
+    access = _build_access(get)
+    if listing_rule_keys(access) and "mysubreddits" not in reddit.scopes:
+        reddit = dataclasses.replace(reddit, scopes=(*reddit.scopes, "mysubreddits"))
     return Config(
         server=server,
         upstream=_build_upstream(get),
         reddit=reddit,
         session=session,
-        access=AccessConfig(users=_usernames("access.users", get("access.users"))),
+        access=access,
         assertion=_build_assertion(get),
         log=LogConfig(
             level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
@@ -588,6 +639,196 @@ def _build_session(get: Any, server: ServerConfig) -> SessionConfig:
     )
 
 
+_RULE_KEYS = (
+    "users",
+    "deny_users",
+    "moderators_of",
+    "subscribers_of",
+    "contributors_of",
+    "min_account_age_days",
+    "min_karma",
+    "require_verified_email",
+)
+_LISTING_KEYS = ("moderators_of", "subscribers_of", "contributors_of")
+_ROUTE_SCHEMA: dict[str, tuple[str, Any]] = {
+    "prefix": ("str", None),
+    "public": ("bool", False),
+    "allow_suspended": ("bool", None),
+    **{key: _SCHEMA["access"][key] for key in _RULE_KEYS},
+}
+# A subreddit's name, with or without "r/" or "/r/" in front and "/" behind.
+_SUBREDDIT = re.compile(r"(?:/?r/)?([A-Za-z0-9_]{2,21})/?", re.IGNORECASE)
+# RFC 3986 path characters, less "%" and ";": a prefix is matched on the raw path.
+_PREFIX_CHARS = frozenset(string.ascii_letters + string.digits + "/-._~!$&'()*+,=:@")
+
+
+def _build_access(get: Any) -> AccessConfig:
+    rules = _access_rules("access", lambda key: get(f"access.{key}"))
+    allow_suspended = get("access.allow_suspended")
+    interval = get("access.recheck_interval")
+    if interval < 60:
+        raise ConfigError("access.recheck_interval", "must be at least 60 seconds")
+    grace = get("access.recheck_grace")
+    if grace < 0:
+        raise ConfigError("access.recheck_grace", "must be 0 seconds or more")
+
+    routes: list[AccessRoute] = []
+    for index, table in enumerate(get("access.routes")):
+        key = f"access.routes[{index}]"
+        route = _access_route(key, table, allow_suspended)
+        for other_index, other in enumerate(routes):
+            if other.prefix.casefold() == route.prefix.casefold():
+                raise ConfigError(
+                    f"{key}.prefix",
+                    f"{route.prefix!r} is also access.routes[{other_index}]'s prefix "
+                    "(prefixes are compared case-insensitively)",
+                )
+        routes.append(route)
+
+    return AccessConfig(
+        **rules,
+        allow_suspended=allow_suspended,
+        recheck_interval=interval,
+        recheck_grace=grace,
+        routes=tuple(routes),
+    )
+
+
+def _access_rules(key: str, get: Callable[[str], Any]) -> dict[str, Any]:
+    """The rule keys that [access] and its routes share, validated."""
+    age = get("min_account_age_days")
+    if age < 0:
+        raise ConfigError(f"{key}.min_account_age_days", "must be 0 (any age) or more")
+    karma = get("min_karma")
+    return {
+        "users": _usernames(f"{key}.users", get("users")),
+        "deny_users": _usernames(f"{key}.deny_users", get("deny_users")),
+        **{name: _subreddits(f"{key}.{name}", get(name)) for name in _LISTING_KEYS},
+        "min_account_age_days": age,
+        "min_karma": None if karma == "" else karma,
+        "require_verified_email": get("require_verified_email"),
+    }
+
+
+def _access_route(
+    key: str, table: Mapping[str, Any], allow_suspended: bool
+) -> AccessRoute:
+    for name, value in table.items():
+        if name not in _ROUTE_SCHEMA:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+        _check_type(f"{key}.{name}", _ROUTE_SCHEMA[name][0], value)
+    if "prefix" not in table:
+        message = 'required: the path the route covers, e.g. "/admin"'
+        raise ConfigError(f"{key}.prefix", message)
+
+    route = AccessRoute(
+        prefix=_route_prefix(f"{key}.prefix", table["prefix"]),
+        public=table.get("public", False),
+        allow_suspended=table.get("allow_suspended"),
+        **_access_rules(key, lambda name: table.get(name, _ROUTE_SCHEMA[name][1])),
+    )
+    unset = AccessRoute(prefix=route.prefix, public=route.public)
+    rules = [
+        name for name in _ROUTE_SCHEMA if getattr(route, name) != getattr(unset, name)
+    ]
+    if route.public and rules:
+        raise ConfigError(
+            f"{key}.{rules[0]}",
+            "a public route is served without sign-in, so it cannot have rules",
+        )
+    if not route.public and not rules:
+        raise ConfigError(key, "needs public = true or at least one rule")
+    if route.allow_suspended and not allow_suspended:
+        raise ConfigError(
+            f"{key}.allow_suspended",
+            "a route can only add rules to the global ones; set "
+            "access.allow_suspended = true, and allow_suspended = false on the "
+            "routes that should refuse suspended accounts",
+        )
+    return route
+
+
+def _route_prefix(key: str, text: str) -> str:
+    if not text.startswith("/"):
+        raise ConfigError(key, f"{text!r} must start with /")
+    unusual = "".join(sorted(set(text) - _PREFIX_CHARS))
+    if unusual:
+        raise ConfigError(
+            key,
+            f"{text!r} has {unusual!r}; write the path in plain ASCII, without "
+            "%-escapes, ?, # or ; (it is compared with the path as sent)",
+        )
+    if "//" in text or {".", ".."} & set(text.split("/")):
+        raise ConfigError(key, f"{text!r} must not have // or . or .. segments")
+    return text.rstrip("/") or "/"
+
+
+def _subreddits(key: str, names: list[str]) -> tuple[str, ...]:
+    """Names as written, without "r/", once each (compared case-insensitively)."""
+    kept: dict[str, str] = {}
+    for text in names:
+        match = _SUBREDDIT.fullmatch(text.strip())
+        if match is None:
+            raise ConfigError(
+                key,
+                f"{text!r} is not a subreddit name (2 to 21 letters, digits or _, "
+                "with or without r/)",
+            )
+        name = match.group(1)
+        if name.casefold().startswith("u_"):
+            raise ConfigError(key, f"{text!r} is a user's profile, not a subreddit")
+        kept.setdefault(name.casefold(), name)
+    return tuple(kept.values())
+
+
+def _rule_sets(access: AccessConfig) -> list[tuple[str, AccessRules]]:
+    """Each set of rules with its config key: the global ones, then each route."""
+    routes = [(f"access.routes[{i}]", route) for i, route in enumerate(access.routes)]
+    return [("access", access), *routes]
+
+
+def listing_rule_keys(access: AccessConfig) -> list[str]:
+    """The rules that read subreddit listings: they need the mysubreddits scope."""
+    return [
+        f"{key}.{name}"
+        for key, rules in _rule_sets(access)
+        for name in _LISTING_KEYS
+        if getattr(rules, name)
+    ]
+
+
+def recheck_rule_keys(access: AccessConfig) -> list[str]:
+    """The rules on reddit data that can change after sign-in.
+
+    Not the account's age (it only grows, and decide() reads the clock), nor the
+    refusal of suspended accounts (checked at sign-in, and at any re-check that
+    other rules cause): alone, neither is worth a call to reddit per session.
+    """
+    keys: list[str] = []
+    for key, rules in _rule_sets(access):
+        keys += [f"{key}.{name}" for name in _LISTING_KEYS if getattr(rules, name)]
+        if rules.min_karma is not None:
+            keys.append(f"{key}.min_karma")
+        if rules.require_verified_email:
+            keys.append(f"{key}.require_verified_email")
+    return keys
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What `check` points out in a configuration the gateway would still run."""
+    warnings: list[str] = []
+    rechecked = recheck_rule_keys(config.access)
+    if rechecked and config.reddit.duration == "temporary":
+        warnings.append(
+            f"{', '.join(rechecked)} {'is' if len(rechecked) == 1 else 'are'} "
+            f"re-checked every {config.access.recheck_interval} s with the user's "
+            'reddit token, but with reddit.duration = "temporary" that token cannot '
+            "be renewed, so re-checks work only while it lasts (reddit gives an hour "
+            'or a day); set reddit.duration = "permanent"'
+        )
+    return warnings
+
+
 def _secret_value(get: Any, key: str, file_key: str) -> Secret | None:
     value = get(key) if _has_value(get, key) else ""
     path = get(file_key)
@@ -661,9 +902,42 @@ def describe(config: Config) -> str:
     for section in _SCHEMA:
         lines.append(f"[{section}]")
         for key, value in _effective(config, section).items():
+            if value is None:
+                lines.append(f"# {key} is not set")
+                continue
             lines.append(f"{key} = {_toml_value(value)}")
+            if (section, key) == ("reddit", "scopes"):
+                lines.extend(_scope_reasons(config))
+        if section == "access":
+            lines.extend(_route_tables(config.access))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _scope_reasons(config: Config) -> list[str]:
+    listing = listing_rule_keys(config.access)
+    lines = []
+    for scope in config.reddit.scopes:
+        if scope == "identity":
+            why = "reads the username (always needed)"
+        elif scope == "mysubreddits" and listing:
+            why = "needed by " + ", ".join(listing)
+        else:
+            why = "listed in reddit.scopes"
+        lines.append(f"# {scope}: {why}")
+    return lines
+
+
+def _route_tables(access: AccessConfig) -> list[str]:
+    lines = []
+    for route in access.routes:
+        lines += ["", "[[access.routes]]", f"prefix = {_toml_value(route.prefix)}"]
+        unset = AccessRoute(prefix=route.prefix)
+        for field in dataclasses.fields(route):
+            value = getattr(route, field.name)
+            if value != getattr(unset, field.name):
+                lines.append(f"{field.name} = {_toml_value(_shown(value))}")
+    return lines
 
 
 def _effective(config: Config, section: str) -> dict[str, Any]:
@@ -675,10 +949,10 @@ def _effective(config: Config, section: str) -> dict[str, Any]:
             "redirect_url": s.redirect_url,
             "trusted_proxies": [str(n) for n in s.trusted_proxies],
         }
-    if section == "access":
-        return {"users": sorted(config.access.users)}
     part = getattr(config, section)
     values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    if section == "access":
+        del values["routes"]  # as [[access.routes]] tables, after the section
     return {key: _shown(value) for key, value in values.items()}
 
 

@@ -24,9 +24,11 @@ from gateway.errors import (
     RedditIdentityError,
     RedditUnavailable,
 )
+from gateway.facts import gather_facts
 from gateway.log import USER_KEY, auth_event
 from gateway.login_state import LoginState, LoginStates
 from gateway.pages import Action, json_error, page
+from gateway.policy import Policy
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
 from gateway.session import SessionPayload, payload_from_session, store_payload
@@ -52,6 +54,7 @@ class Endpoints:
         states: LoginStates,
         login: LoginStarter,
         authenticator: Authenticator,
+        policy: Policy,
         store: SessionStore,
         upstream_session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
@@ -63,6 +66,7 @@ class Endpoints:
         self._login = login
         self._auth = authenticator
         self._store = store
+        self._policy = policy
         self._upstream_session = upstream_session
         self._clock = clock
         self._jwks = signer.jwks() if signer is not None else None
@@ -130,14 +134,29 @@ class Endpoints:
 
         try:
             grant = await self._reddit.redeem_code(code)
-            if "identity" not in grant.scopes:
-                raise RedditIdentityError("identity scope not granted")
-            identity = await self._reddit.fetch_identity(grant.access_token)
+        except RedditError as exc:
+            auth_event("login_failed", reason=exc.reason)
+            return _reddit_failure_page(exc, retry)
+        missing = sorted(set(self._config.reddit.scopes) - grant.scopes)
+        if missing:
+            auth_event("login_failed", reason="scopes_not_granted", missing=missing)
+            return page(
+                403,
+                "reddit granted too little",
+                "This app needs reddit to share more than it did (missing: "
+                f"{', '.join(missing)}). Sign in again and allow everything asked.",
+                [retry],
+            )
+        try:
+            facts = await gather_facts(
+                self._reddit, grant.access_token, self._policy, grant.scopes
+            )
         except RedditError as exc:
             auth_event("login_failed", reason=exc.reason)
             return _reddit_failure_page(exc, retry)
 
         now = self._clock()
+        identity = facts.identity
         payload = SessionPayload(
             user=identity.name,
             user_id=identity.id,
@@ -149,6 +168,8 @@ class Endpoints:
             scopes=tuple(sorted(grant.scopes)),
             sid=secrets.token_urlsafe(16),
             last_seen=now,
+            facts=facts.judged,
+            checked_at=now,
         )
         if not self._store.fits(payload):
             log.error("the session of %s does not fit in a cookie", identity.name)
@@ -332,8 +353,9 @@ def _reddit_failure_page(exc: RedditError, retry: Action) -> web.Response:
             [retry],
         )
     if isinstance(exc, RedditIdentityError):
-        if exc.reason == "suspended":
-            message = "Suspended reddit accounts can't sign in to this app."
+        if "scope" in exc.reason:
+            message = "reddit did not share what this app's access rules need to "
+            message += "see. Sign in again and allow everything it asks for."
         else:
             message = "reddit did not tell us which account you are, so you can't "
             message += "sign in with it."

@@ -10,7 +10,7 @@
     │   ├── RedditGrantError       a token answer carrying ``error`` (often in a
     │   │                          200); ``.error`` holds reddit's code
     │   └── RedditIdentityError    ``/api/v1/me`` names no acceptable account
-    │                              (no name, bad name, suspended)
+    │                              (no name, bad name, a scope not granted)
     └── SessionStoreUnavailable  the session store (redis) did not answer: 503,
                                  and no request goes through
 

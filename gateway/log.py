@@ -26,6 +26,8 @@ AUTH_EVENTS = frozenset(
         "spoofed_header",
         "refresh_ok",
         "refresh_failed",
+        "recheck_ok",
+        "recheck_failed",
     }
 )
 

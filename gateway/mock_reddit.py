@@ -1,4 +1,5 @@
-"""An offline reddit for the demo and the tests, faithful to reddit's OAuth2 quirks."""
+"""An offline reddit for the demo and the tests, faithful to its OAuth2, listing and
+rate-limit quirks."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import binascii
 import hmac
 import html
 import json
+import math
+import re
 import secrets
 import string
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -41,6 +44,15 @@ _SCOPE_TEXT = {
 _BASE36 = string.digits + string.ascii_lowercase
 _FORM_TYPE = "application/x-www-form-urlencoded"
 
+RATELIMIT_WINDOW = 600.0  # seconds; reddit counts in ten-minute windows
+RATELIMIT_BUDGET = 1000.0  # 100 requests a minute per client id, since July 2023
+DEFAULT_PAGE_SIZE = 100
+LISTING_KINDS = ("moderator", "subscriber", "contributor")
+_SUBREDDIT_RE = re.compile(r"[A-Za-z0-9_]{2,21}")
+_KARMA_RE = re.compile(r"-?[0-9]{1,9}")
+_LIST_LABELS = ("Moderator of", "Subscriber of", "Approved user of")
+_DAY = 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedCall:
@@ -64,6 +76,14 @@ class _User:
     name: str
     id: str
     fields: dict[str, Any]
+    memberships: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Subreddit:
+    display_name: str
+    id: str
+    type: str = "public"  # "user" for a profile subreddit, u_<name>
 
 
 @dataclass(slots=True)
@@ -111,25 +131,60 @@ class MockReddit:
     ) -> None:
         self.calls: list[RecordedCall] = []
         self.expires_in = expires_in
+        # Listing pages hold min(limit, page_size) subreddits: lower it for paging.
+        self.page_size = DEFAULT_PAGE_SIZE
+        # The API budget every oauth answer reports and spends; at zero: 429.
+        self.ratelimit_budget = RATELIMIT_BUDGET
+        self.ratelimit_remaining = RATELIMIT_BUDGET
         self._clock = clock
+        self._window_ends = clock() + RATELIMIT_WINDOW
         self._clients: dict[str, _Client] = {}
         self._users: dict[str, _User] = {}
+        self._subreddits: dict[str, _Subreddit] = {}
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, _Access] = {}
         self._refresh: dict[str, _Refresh] = {}
         self._faults: dict[str, deque[_Fault]] = {}
 
+    @property
+    def ratelimit_reset(self) -> float:
+        """Seconds until the budget's window ends and it is whole again."""
+        return max(0.0, self._window_ends - self._clock())
+
+    @ratelimit_reset.setter
+    def ratelimit_reset(self, seconds: float) -> None:
+        self._window_ends = self._clock() + seconds
+
     def add_client(self, client_id: str, client_secret: str, redirect_uri: str) -> None:
         self._clients[client_id] = _Client(client_secret, redirect_uri)
 
-    def add_user(self, name: str, **fields: Any) -> None:
-        """Seed an account; fields override /me, me_override replaces its whole body."""
-        known = self._users.get(name.casefold())
-        if known is not None:
-            known.fields.update(fields)
-            return
-        user_id = str(fields.get("id") or _random_id())
-        self._users[name.casefold()] = _User(name, user_id, dict(fields))
+    def add_user(
+        self,
+        name: str,
+        *,
+        moderator_of: Iterable[str] | None = None,
+        subscriber_of: Iterable[str] | None = None,
+        contributor_of: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Seed an account, or change one; fields override /me (created_utc,
+        link_karma, comment_karma, has_verified_email, is_suspended, ...), and
+        me_override replaces its whole body. The lists set the subreddits its
+        listings hold ("example" or "r/example"); None leaves a list as it was."""
+        user = self._users.get(name.casefold())
+        if user is None:
+            user_id = str(fields.get("id") or _random_id())
+            user = self._users[name.casefold()] = _User(name, user_id, {})
+        user.fields.update(fields)
+
+        lists = zip(
+            LISTING_KINDS, (moderator_of, subscriber_of, contributor_of), strict=True
+        )
+        for kind, names in lists:
+            if names is not None:
+                subreddits = (self._subreddit(name) for name in names)
+                found = (sub.display_name for sub in subreddits)
+                user.memberships[kind] = tuple(dict.fromkeys(found))
 
     def fail_next(
         self,
@@ -158,6 +213,8 @@ class MockReddit:
         app.router.add_post("/api/v1/access_token", self._token)
         app.router.add_post("/api/v1/revoke_token", self._revoke)
         app.router.add_get("/api/v1/me", self._me)
+        kinds = "|".join(LISTING_KINDS)
+        app.router.add_get(f"/subreddits/mine/{{kind:{kinds}}}", self._listing)
         return app
 
     @web.middleware
@@ -186,8 +243,36 @@ class MockReddit:
             headers.setdefault("Content-Type", fault.content_type)
             return web.Response(status=fault.status, body=fault.body, headers=headers)
 
-        response: web.StreamResponse = await handler(request)
+        if not _on_oauth_host(request.path):
+            response: web.StreamResponse = await handler(request)
+            return response
+        spent = self._spend()
+        budget = self._ratelimit_headers()
+        if not spent:
+            return _too_many_requests(budget)
+        response = await handler(request)
+        response.headers.update(budget)
         return response
+
+    def _spend(self) -> bool:
+        """Take one request from the window's budget; False when none is left."""
+        now = self._clock()
+        if now >= self._window_ends:
+            self._window_ends = now + RATELIMIT_WINDOW
+            self.ratelimit_remaining = self.ratelimit_budget
+        if self.ratelimit_remaining < 1:
+            return False
+        self.ratelimit_remaining -= 1
+        return True
+
+    def _ratelimit_headers(self) -> dict[str, str]:
+        used = max(0.0, self.ratelimit_budget - self.ratelimit_remaining)
+        # Float strings on purpose: reddit sends X-Ratelimit-Remaining as "599.0".
+        return {
+            "X-Ratelimit-Used": str(int(used)),
+            "X-Ratelimit-Remaining": f"{max(0.0, self.ratelimit_remaining):.1f}",
+            "X-Ratelimit-Reset": str(math.ceil(self.ratelimit_reset)),
+        }
 
     # --- www.reddit.com: the consent page -----------------------------------------
 
@@ -210,11 +295,14 @@ class MockReddit:
         typed = params.get("username", "")
         if not typed:
             return _consent(request.path, params, "Type a username first.", 400)
+        try:
+            details = self._account_details(params)
+        except ValueError as exc:
+            return _consent(request.path, params, str(exc), 400)
 
         # The mock signs in whoever is typed, even an invalid name, so the gateway's
         # own name checks can be exercised end to end.
-        if typed.casefold() not in self._users:
-            self.add_user(typed)
+        self.add_user(typed, **details)
         code = secrets.token_urlsafe(22)
         self._codes[code] = _Code(
             client_id=params["client_id"],
@@ -225,6 +313,42 @@ class MockReddit:
             issued_at=self._clock(),
         )
         raise _redirect(redirect_uri, state=state, code=code)
+
+    def _account_details(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """What "More about this account" on the consent page says about the account.
+
+        Only what was filled in or ticked is returned, so a form sent without these
+        fields leaves a seeded account as it is. ValueError says what to correct.
+        """
+        details: dict[str, Any] = {}
+        for kind, label in zip(LISTING_KINDS, _LIST_LABELS, strict=True):
+            key = f"{kind}_of"
+            typed = [part.strip() for part in params.get(key, "").split(",")]
+            names = [part for part in typed if part]
+            for name in names:
+                if not _SUBREDDIT_RE.fullmatch(_bare_subreddit(name)):
+                    raise ValueError(f"{label}: {name!r} is not a subreddit name.")
+            if names:
+                details[key] = names
+
+        age = params.get("account_age_days", "").strip()
+        if age:
+            if not age.isdigit() or int(age) > 36500:
+                raise ValueError("Account age: a whole number of days, like 30.")
+            created = float(math.floor(self._clock() - int(age) * _DAY))
+            details.update(created=created, created_utc=created)
+        karma = params.get("karma", "").strip()
+        if karma:
+            if not _KARMA_RE.fullmatch(karma):
+                raise ValueError("Karma: a whole number, like 100.")
+            details.update(
+                link_karma=int(karma), comment_karma=0, total_karma=int(karma)
+            )
+        if "unverified_email" in params:
+            details["has_verified_email"] = False
+        if "suspended" in params:
+            details["is_suspended"] = True
+        return details
 
     def _authorize_problem(self, params: Mapping[str, str]) -> str | None:
         client = self._clients.get(params.get("client_id", ""))
@@ -378,6 +502,63 @@ class MockReddit:
     # --- oauth.reddit.com ---------------------------------------------------------
 
     async def _me(self, request: web.Request) -> web.Response:
+        access = self._authorized(request, "identity")
+        if isinstance(access, web.Response):
+            return access
+        if access.user is None:
+            return web.json_response(
+                {"features": {"chat": False, "do_not_track": True}}
+            )
+
+        user = self._users[access.user]
+        if "me_override" in user.fields:
+            return web.json_response(user.fields["me_override"])
+        raw = request.query.get("raw_json") == "1"
+        return web.json_response(_me_body(user, raw=raw))
+
+    async def _listing(self, request: web.Request) -> web.Response:
+        access = self._authorized(request, "mysubreddits")
+        if isinstance(access, web.Response):
+            return access
+        if access.user is None:
+            # With no user behind the token reddit answers the string "{}".
+            return web.json_response("{}")
+        user = self._users[access.user]
+        kind = request.match_info["kind"]
+        query = request.query
+
+        entries = [
+            self._subreddits[name.casefold()] for name in user.memberships.get(kind, ())
+        ]
+        if kind == "moderator":  # everyone moderates their own profile subreddit
+            entries.append(self._subreddit(f"u_{user.name}", "user"))
+        fullnames = [f"t5_{sub.id}" for sub in entries]
+        after = query.get("after")
+        if not after:
+            start = 0
+        elif after in fullnames:
+            start = fullnames.index(after) + 1
+        else:
+            start = len(entries)  # an unknown after: reddit answers an empty page
+        size = min(_listing_limit(query.get("limit")), max(1, self.page_size))
+        page = entries[start : start + size]
+        more = start + size < len(entries)
+
+        raw = query.get("raw_json") == "1"
+        data = {
+            "after": fullnames[start + size - 1] if more else None,
+            "dist": len(page),
+            "modhash": None,
+            "geo_filter": "",
+            "children": [
+                {"kind": "t5", "data": _t5_data(sub, user, raw=raw)} for sub in page
+            ],
+            "before": fullnames[start] if start and page else None,
+        }
+        return web.json_response({"kind": "Listing", "data": data})
+
+    def _authorized(self, request: web.Request, scope: str) -> _Access | web.Response:
+        """The token behind an oauth.reddit.com request, or reddit's refusal."""
         if _default_agent(request):
             return _too_many_requests()
         header = request.headers.get("Authorization", "")
@@ -389,15 +570,20 @@ class MockReddit:
         access = self._access.get(token.strip())
         if access is None or self._clock() >= access.expires_at:
             return _bearer_refusal(401, "invalid_token")
-        if not {"identity", "*"} & set(access.scopes):
+        if not {scope, "*"} & set(access.scopes):
             return _bearer_refusal(403, "insufficient_scope")
-        if access.user is None:
-            return _json_answer({"features": {"chat": False, "do_not_track": True}})
+        return access
 
-        user = self._users[access.user]
-        if "me_override" in user.fields:
-            return _json_answer(user.fields["me_override"])
-        return _json_answer(_me_body(user, raw=request.query.get("raw_json") == "1"))
+    def _subreddit(self, name: str, kind: str = "public") -> _Subreddit:
+        """The subreddit of that name, made up on first mention with that casing."""
+        bare = _bare_subreddit(name)
+        known = self._subreddits.get(bare.casefold())
+        if known is not None:
+            return known
+        if kind != "user" and not _SUBREDDIT_RE.fullmatch(bare):
+            raise ValueError(f"{name!r} is not a subreddit name")
+        made = self._subreddits[bare.casefold()] = _Subreddit(bare, _random_id(), kind)
+        return made
 
 
 def _me_body(user: _User, *, raw: bool) -> dict[str, Any]:
@@ -408,6 +594,7 @@ def _me_body(user: _User, *, raw: bool) -> dict[str, Any]:
 
     body: dict[str, Any] = json.loads(_ME_DEFAULTS)
     body.update(name=user.name, id=user.id)
+    body["is_mod"] = bool(user.memberships.get("moderator"))
     body["subreddit"].update(
         display_name=f"u_{user.name}",
         display_name_prefixed=f"u/{user.name}",
@@ -420,10 +607,53 @@ def _me_body(user: _User, *, raw: bool) -> dict[str, Any]:
     return body
 
 
-def _json_answer(body: object) -> web.Response:
-    # Float strings on purpose: reddit sends X-Ratelimit-Remaining as "599.0".
-    headers = {"X-Ratelimit-Used": "1", "X-Ratelimit-Remaining": "599.0"}
-    return web.json_response(body, headers={**headers, "X-Ratelimit-Reset": "600"})
+def _t5_data(sub: _Subreddit, user: _User, *, raw: bool) -> dict[str, Any]:
+    profile = sub.type == "user"
+    prefixed = f"u/{user.name}" if profile else f"r/{sub.display_name}"
+    icon = f"https://styles.redditmedia.com/t5_{sub.id}/communityIcon.png?width=256&s=0"
+    member = {
+        kind: sub.display_name in user.memberships.get(kind, ())
+        for kind in LISTING_KINDS
+    }
+    return {
+        "display_name": sub.display_name,
+        "display_name_prefixed": prefixed,
+        "name": f"t5_{sub.id}",
+        "id": sub.id,
+        "title": "" if profile else sub.display_name,
+        "url": f"/user/{user.name}/" if profile else f"/r/{sub.display_name}/",
+        "subscribers": 0 if profile else 1000,
+        "subreddit_type": sub.type,
+        "over18": False,
+        "quarantine": False,
+        "user_is_moderator": profile or member["moderator"],
+        "user_is_subscriber": member["subscriber"],
+        "user_is_contributor": member["contributor"],
+        "user_is_banned": False,
+        "created_utc": 1325376000.0,
+        "icon_img": "",
+        # reddit HTML-escapes strings in JSON unless raw_json=1
+        "community_icon": "" if profile else (icon if raw else html.escape(icon)),
+    }
+
+
+def _listing_limit(value: str | None) -> int:
+    """Reddit's limit parameter: 25 unless given, clamped to 1..100."""
+    if value is None or not value.isdigit():
+        return 25
+    return min(max(int(value), 1), 100)
+
+
+def _bare_subreddit(name: str) -> str:
+    bare = name.strip()
+    for prefix in ("/r/", "r/"):
+        if bare.lower().startswith(prefix):
+            bare = bare[len(prefix) :]
+    return bare.rstrip("/")
+
+
+def _on_oauth_host(path: str) -> bool:
+    return path == "/api/v1/me" or path.startswith("/subreddits/")
 
 
 def _bearer_refusal(status: int, error: str) -> web.Response:
@@ -441,8 +671,10 @@ def _error_200(error: str, **extra: str) -> web.Response:
     return web.json_response({"error": error, **extra})
 
 
-def _too_many_requests() -> web.Response:
-    return web.json_response({"message": "Too Many Requests", "error": 429}, status=429)
+def _too_many_requests(headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"message": "Too Many Requests", "error": 429}, status=429, headers=headers
+    )
 
 
 def _default_agent(request: web.Request) -> bool:
@@ -506,8 +738,15 @@ h1 { font-size: 1.25rem; margin: .25rem 0 1rem; }
 code { background: #f6f7f8; padding: 0 .25rem; border-radius: 3px;
        overflow-wrap: anywhere; }
 label { display: block; font-weight: 600; margin: 1rem 0 .25rem; }
-input[type=text] { width: 100%; box-sizing: border-box; padding: .5rem; font: inherit;
-                   border: 1px solid #ccc; border-radius: 4px; }
+input[type=text], input[type=number] { width: 100%; box-sizing: border-box;
+    padding: .5rem; font: inherit; border: 1px solid #ccc; border-radius: 4px; }
+details { margin-top: 1rem; border-top: 1px solid #edeff1; padding-top: .75rem; }
+summary { cursor: pointer; color: #0079d3; font-weight: 600; }
+details label { margin-top: .75rem; }
+.pair { display: flex; flex-wrap: wrap; gap: 0 .75rem; }
+.pair > div { flex: 1 1 10rem; }
+label.check { display: flex; align-items: center; gap: .5rem; font-weight: 400;
+              margin: .6rem 0 0; }
 .buttons { display: flex; gap: .75rem; margin-top: 1.25rem; }
 button { flex: 1; padding: .6rem; font: inherit; font-weight: 600; cursor: pointer;
          border-radius: 999px; border: 1px solid #0079d3; background: #fff;
@@ -536,6 +775,23 @@ $hidden
 <label for="username">Username</label>
 <input type="text" id="username" name="username" value="$username"
        autocomplete="username" required autofocus>
+<details$open>
+<summary>More about this account</summary>
+<p class="note">Optional. What reddit will say about this account; blank means an
+ordinary one. Lists are comma-separated subreddit names.</p>
+$lists
+<div class="pair">
+<div><label for="account_age_days">Account age (days)</label>
+<input type="number" id="account_age_days"
+       name="account_age_days" value="$account_age_days" min="0" step="1"></div>
+<div><label for="karma">Karma</label>
+<input type="number" id="karma" name="karma" value="$karma" step="1"></div>
+</div>
+<label class="check"><input type="checkbox" name="unverified_email"$unverified_email>
+Email address not verified</label>
+<label class="check"><input type="checkbox" name="suspended"$suspended>
+Suspended</label>
+</details>
 $error
 <div class="buttons">
 <button type="submit" class="allow" name="authorize" value="Allow">Allow</button>
@@ -552,6 +808,14 @@ _HIDDEN_FIELDS = (
     "duration",
     "scope",
 )
+_DETAIL_FIELDS = (
+    "moderator_of",
+    "subscriber_of",
+    "contributor_of",
+    "account_age_days",
+    "karma",
+)
+_CHECKBOXES = ("unverified_email", "suspended")
 
 
 def _page(title: str, content: str, status: int) -> web.Response:
@@ -585,7 +849,21 @@ def _consent(
         f"<li><code>{esc(scope)}</code> {esc(_SCOPE_TEXT.get(scope, ''))}</li>"
         for scope in _parse_scope(params.get("scope", ""))
     )
+    lists = "\n".join(
+        f'<label for="{kind}_of">{label}</label>\n<input type="text" id="{kind}_of" '
+        f'name="{kind}_of" value="{esc(params.get(f"{kind}_of", ""))}" '
+        f'placeholder="example, r/another">'
+        for kind, label in zip(LISTING_KINDS, _LIST_LABELS, strict=True)
+    )
+    # Checkboxes carry no value attribute: a ticked one is sent as "on".
+    ticked = {key: " checked" if key in params else "" for key in _CHECKBOXES}
+    told = any(params.get(key) for key in _DETAIL_FIELDS) or any(ticked.values())
     content = _CONSENT.substitute(
+        open=" open" if told else "",
+        lists=lists,
+        account_age_days=esc(params.get("account_age_days", "")),
+        karma=esc(params.get("karma", "")),
+        **ticked,
         client_id=esc(params.get("client_id", "")),
         duration="permanent" if params.get("duration") == "permanent" else "temporary",
         scopes=scopes,

@@ -40,12 +40,15 @@ _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
 
 
 def has_dot_segment(target: str) -> bool:
-    """True if the path, decoded once, has a "." or ".." segment (/ or \\ apart)."""
+    """True if the path, decoded once, has a "." or ".." segment (/ or \\ apart),
+    also one with ";params" ("/..;/", which servlet containers read as "..")."""
     path = target.partition("?")[0]
     if "." not in path and "%2" not in path:
         return False  # the common case, without decoding
     decoded = unquote(path).replace("\\", "/")
-    return any(segment in (".", "..") for segment in decoded.split("/"))
+    return any(
+        segment.partition(";")[0] in (".", "..") for segment in decoded.split("/")
+    )
 
 
 class UpstreamProxy:

@@ -1,13 +1,15 @@
-"""Reddit's OAuth2 and API client: authorize URL, tokens, revocation, /api/v1/me."""
+"""Reddit's OAuth2 and API client: authorize URL, tokens, revocation, /api/v1/me,
+and the subreddit listings the access rules read."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
-import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -22,61 +24,64 @@ from gateway.errors import (
     RedditIdentityError,
     RedditUnavailable,
 )
+from gateway.reddit_payloads import (
+    DEFAULT_EXPIRES_IN,
+    USERNAME_RE,
+    Identity,
+    TokenGrant,
+    error_code,
+    read_grant,
+    read_identity,
+    read_listing_page,
+)
+from gateway.reddit_ratelimit import RateLimit, Sleep
+
+__all__ = [
+    "DEFAULT_EXPIRES_IN",
+    "LISTING_KINDS",
+    "USERNAME_RE",
+    "Identity",
+    "RedditClient",
+    "TokenGrant",
+]
 
 log = logging.getLogger("gateway.auth")
 
-# SECURITY: header injection: an explicit ASCII class, so no Unicode letter, space,
-# CR or LF can reach X-Reddit-User.
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_-]{3,20}$")
-
-# Reddit has always sent expires_in; if it ever goes missing we assume the one hour
-# that every recorded answer before 2023 carried: shorter than today's 24 h, so the
-# gateway re-checks too early rather than trusting a dead token too long.
-DEFAULT_EXPIRES_IN = 3600.0
-
 _PREVIEW_CHARS = 200
 _MAX_BODY = 1 << 20
-_ERROR_CODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_USER_ID_RE = re.compile(r"[0-9a-z]{1,20}")
 _WWW_AUTH_ERROR_RE = re.compile(r'error="([A-Za-z_]{1,40})"')
 _UNAVAILABLE_STATUSES = frozenset({403, 429})
 
-
-@dataclass(frozen=True, slots=True)
-class TokenGrant:
-    access_token: Secret
-    token_type: str
-    expires_in: float
-    scopes: frozenset[str]
-    refresh_token: Secret | None
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    id: str  # "t2_..." fullname, or "" when reddit did not send one
-    is_suspended: bool
-    created_utc: float | None
-    has_verified_email: bool | None
-    link_karma: int
-    comment_karma: int
+LISTING_KINDS = frozenset({"moderator", "subscriber", "contributor"})
+LISTING_LIMIT = 100  # reddit's largest page
 
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    call: str  # "token", "revoke" or "me", for logs and error reasons
+    call: str  # "token", "revoke", "me" or "mine/<kind>", for logs and reasons
     status: int
     content_type: str
     www_authenticate: str
     body: bytes
     sent_secrets: tuple[str, ...]  # what must never be echoed into a log line
+    ratelimit_remaining: str | None = None
+    ratelimit_reset: str | None = None
 
 
 class RedditClient:
-    """Talks to reddit for one configured web app; never retries a call."""
+    """Talks to reddit for one configured web app, within its shared API budget.
+
+    Only an API read refused with 429 is tried again, once; a token call never is.
+    """
 
     def __init__(
-        self, config: RedditConfig, redirect_uri: str, session: aiohttp.ClientSession
+        self,
+        config: RedditConfig,
+        redirect_uri: str,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._config = config
         self._redirect_uri = redirect_uri
@@ -84,6 +89,12 @@ class RedditClient:
         pair = f"{config.client_id}:{config.client_secret.reveal()}".encode()
         self._basic_auth = "Basic " + base64.b64encode(pair).decode("ascii")
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._ratelimit = RateLimit(config.timeout, clock=clock, sleep=sleep)
+
+    @property
+    def ratelimit_remaining(self) -> float | None:
+        """API requests left in reddit's window as it last said; None until it has."""
+        return self._ratelimit.remaining
 
     def authorize_url(self, state: str) -> str:
         """The URL that sends the browser to reddit's consent page."""
@@ -127,27 +138,70 @@ class RedditClient:
         self._refuse_failures(answer)
         data = self._json(answer)
         if "error" in data:
-            raise RedditGrantError(_error_code(data["error"]))
+            raise RedditGrantError(error_code(data["error"]))
         raise RedditUnavailable(f"revoke: unexpected status {answer.status}")
 
     async def fetch_identity(self, access_token: Secret) -> Identity:
-        """Read /api/v1/me and insist it names an acceptable, unsuspended account."""
+        """Read /api/v1/me and insist it names an acceptable account.
+
+        A suspended account comes back with ``is_suspended``: whether it may in is
+        for the access rules to say (access.allow_suspended), not for this client.
+        """
         url = (self._config.api_url / "api/v1/me").with_query(raw_json="1")
-        bearer = {"Authorization": f"bearer {access_token.reveal()}"}
-        answer = await self._call(
-            "me", "GET", url, access_token.reveal(), headers=bearer
-        )
+        answer = await self._api_get("me", url, access_token)
 
         if answer.status in (401, 403):
-            found = _WWW_AUTH_ERROR_RE.search(answer.www_authenticate)
-            why = found.group(1) if found else "no error given"
-            raise RedditUnavailable(f"me: {answer.status} ({why})")
+            raise RedditUnavailable(f"me: {answer.status} ({_bearer_error(answer)})")
         if answer.status != 200:
             self._warn_body(answer)
             raise RedditUnavailable(f"me: unexpected status {answer.status}")
         data = self._json(answer)
 
-        return _identity_from(data)
+        return read_identity(data)
+
+    async def fetch_memberships(
+        self,
+        access_token: Secret,
+        kind: str,
+        wanted: frozenset[str] | None = None,
+        max_pages: int = 10,
+    ) -> frozenset[str]:
+        """The casefolded subreddits the account is a moderator, subscriber or
+        contributor (approved user) of, from /subreddits/mine/<kind>.
+
+        Pages are read until reddit says there are no more, until every name in
+        ``wanted`` has been seen, or for ``max_pages`` pages (100 subreddits each).
+        At that bound what was read is returned and a warning logged: callers use
+        these sets to ALLOW, and a missing name can only refuse someone, never let
+        anyone in. Do not build a rule that denies on membership from them.
+
+        Profile subreddits (u_<name>) are left out. RedditIdentityError when the
+        token lacks the mysubreddits scope; RedditUnavailable for anything else.
+        """
+        if kind not in LISTING_KINDS:
+            raise ValueError(f"unknown listing {kind!r}")
+        if max_pages < 1:
+            raise ValueError("max_pages must be at least 1")
+        looking_for = None if wanted is None else {name.casefold() for name in wanted}
+        if looking_for is not None and not looking_for:
+            return frozenset()  # nothing to look for: spend none of the budget
+
+        call = f"mine/{kind}"
+        listing = self._config.api_url / "subreddits/mine" / kind
+        found: set[str] = set()
+        after: str | None = None
+        for _ in range(max_pages):
+            query = {"limit": str(LISTING_LIMIT), "raw_json": "1"}
+            if after is not None:
+                query["after"] = after
+            answer = await self._api_get(call, listing.with_query(query), access_token)
+            names, after = self._listing_page(answer)
+            found |= names
+            if after is None or (looking_for is not None and looking_for <= found):
+                return frozenset(found)
+
+        log.warning("reddit_listing_truncated kind=%s pages=%d", kind, max_pages)
+        return frozenset(found)
 
     async def _token_call(self, form: dict[str, str], secret: str) -> TokenGrant:
         answer = await self._call(
@@ -159,10 +213,44 @@ class RedditClient:
 
         # Reddit reports most grant errors in a 200 answer: read the body.
         if "error" in data:
-            raise RedditGrantError(_error_code(data["error"]))
+            raise RedditGrantError(error_code(data["error"]))
         if answer.status != 200:
             raise RedditUnavailable(f"token: unexpected status {answer.status}")
-        return _grant_from(data)
+        return read_grant(data)
+
+    async def _api_get(self, call: str, url: URL, access_token: Secret) -> _Answer:
+        """A GET on oauth.reddit.com inside the shared budget; a 429 gets one retry,
+        once reddit's window has reset."""
+        token = access_token.reveal()
+        bearer = {"Authorization": f"bearer {token}"}
+        for _attempt in range(2):
+            await self._ratelimit.wait_turn()
+            answer = await self._call(call, "GET", url, token, headers=bearer)
+            throttled = answer.status == 429
+            self._ratelimit.record(
+                answer.ratelimit_remaining, answer.ratelimit_reset, throttled=throttled
+            )
+            if not throttled:
+                return answer
+
+        self._warn_body(answer)
+        raise RedditUnavailable("rate limited")
+
+    def _listing_page(self, answer: _Answer) -> tuple[set[str], str | None]:
+        if answer.status == 403 and _bearer_error(answer) == "insufficient_scope":
+            raise RedditIdentityError("mysubreddits scope not granted")
+        if answer.status in (401, 403):
+            status = f"{answer.status} ({_bearer_error(answer)})"
+            raise RedditUnavailable(f"{answer.call}: {status}")
+        if answer.status != 200:
+            self._warn_body(answer)
+            raise RedditUnavailable(f"{answer.call}: unexpected status {answer.status}")
+        data = self._parsed(answer)
+
+        # With no user behind the token reddit answers the string "{}".
+        if data == "{}" or data == {}:
+            return set(), None
+        return read_listing_page(data, answer.call)
 
     async def _call(
         self,
@@ -200,6 +288,8 @@ class RedditClient:
                     www_authenticate=response.headers.get("WWW-Authenticate", ""),
                     body=bytes(body),
                     sent_secrets=(secret, self._config.client_secret.reveal()),
+                    ratelimit_remaining=response.headers.get("X-Ratelimit-Remaining"),
+                    ratelimit_reset=response.headers.get("X-Ratelimit-Reset"),
                 )
         except TimeoutError:
             raise RedditUnavailable(f"{call}: timed out") from None
@@ -218,16 +308,20 @@ class RedditClient:
             raise RedditUnavailable(f"{answer.call}: status {answer.status}")
 
     def _json(self, answer: _Answer) -> dict[str, Any]:
+        data = self._parsed(answer)
+        if not isinstance(data, dict):
+            raise RedditUnavailable(f"{answer.call}: answer is not a JSON object")
+        return data
+
+    def _parsed(self, answer: _Answer) -> object:
         if answer.content_type != "application/json":
             self._warn_body(answer)
             raise RedditUnavailable(f"{answer.call}: answer is not JSON")
         try:
-            data = json.loads(answer.body)
+            data: object = json.loads(answer.body)
         except ValueError:
             self._warn_body(answer)
             raise RedditUnavailable(f"{answer.call}: answer is broken JSON") from None
-        if not isinstance(data, dict):
-            raise RedditUnavailable(f"{answer.call}: answer is not a JSON object")
         return data
 
     def _warn_body(self, answer: _Answer) -> None:
@@ -249,81 +343,6 @@ class RedditClient:
         )
 
 
-def _error_code(value: object) -> str:
-    code = str(value)
-    return code if _ERROR_CODE_RE.fullmatch(code) else "unrecognised_error"
-
-
-def _grant_from(data: Mapping[str, Any]) -> TokenGrant:
-    access = data.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise RedditUnavailable("token: answer has no access_token")
-
-    token_type = data.get("token_type", "bearer")
-    scope = data.get("scope", "")
-    refresh = data.get("refresh_token")
-    if not isinstance(token_type, str) or not isinstance(scope, str):
-        raise RedditUnavailable("token: token_type or scope is not a string")
-    if refresh is not None and not isinstance(refresh, str):
-        raise RedditUnavailable("token: refresh_token is not a string")
-
-    return TokenGrant(
-        access_token=Secret(access),
-        token_type=token_type,
-        expires_in=_expires_in(data.get("expires_in")),
-        scopes=frozenset(scope.split()),
-        refresh_token=Secret(refresh) if refresh else None,
-    )
-
-
-def _expires_in(value: object) -> float:
-    if value is None:
-        return DEFAULT_EXPIRES_IN
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise RedditUnavailable("token: expires_in is not a number")
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise RedditUnavailable("token: expires_in is not a number") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise RedditUnavailable("token: expires_in is out of range")
-    return seconds
-
-
-def _identity_from(data: Mapping[str, Any]) -> Identity:
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise RedditIdentityError("me: no account name (an app-only token?)")
-    if not USERNAME_RE.fullmatch(name):
-        raise RedditIdentityError(f"me: unacceptable account name {name[:40]!r}")
-    if data.get("is_suspended") not in (None, False):  # odd values fail closed
-        raise RedditIdentityError("suspended")
-
-    raw_id = data.get("id")
-    user_id = (
-        raw_id if isinstance(raw_id, str) and _USER_ID_RE.fullmatch(raw_id) else ""
-    )
-    created = data.get("created_utc")
-    if isinstance(created, int) and not isinstance(created, bool):
-        created = float(created)
-    verified = data.get("has_verified_email")
-
-    return Identity(
-        name=name,
-        id=f"t2_{user_id}" if user_id else "",
-        is_suspended=False,
-        created_utc=created if isinstance(created, float) else None,
-        has_verified_email=verified if isinstance(verified, bool) else None,
-        link_karma=_karma(data.get("link_karma")),
-        comment_karma=_karma(data.get("comment_karma")),
-    )
-
-
-def _karma(value: object) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
+def _bearer_error(answer: _Answer) -> str:
+    found = _WWW_AUTH_ERROR_RE.search(answer.www_authenticate)
+    return found.group(1) if found else "no error given"

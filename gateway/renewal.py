@@ -1,5 +1,6 @@
-"""Keeps signed-in sessions usable: refreshes reddit's token ahead of its expiry,
-ends idle sessions, and re-seals cookies made under an older key."""
+"""Keeps signed-in sessions usable and honest: refreshes reddit's token ahead of
+its expiry, re-reads what the access rules judge every recheck_interval, ends idle
+sessions, and re-seals cookies made under an older key."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from gateway.errors import RedditError, RedditGrantError
+from gateway.errors import (
+    RedditError,
+    RedditGrantError,
+    RedditIdentityError,
+    RedditUnavailable,
+)
+from gateway.facts import gather_facts
 from gateway.log import auth_event
+from gateway.policy import Policy
 from gateway.reddit import RedditClient
 from gateway.session import SessionPayload
 from gateway.session_store import SessionStore
@@ -46,12 +54,20 @@ class SessionRenewal:
         refreshable: bool,
         idle_timeout: int,
         clock: Callable[[], float],
+        policy: Policy | None = None,
+        recheck_interval: int = 0,
+        recheck_grace: int = 0,
     ) -> None:
         self._store = store
         self._reddit = reddit
         self._refreshable = refreshable
         self._idle_timeout = idle_timeout
         self._clock = clock
+        self._policy = policy
+        self._recheck_interval = recheck_interval if policy else 0
+        if policy is None or not policy.needs_facts_refresh:
+            self._recheck_interval = 0
+        self._recheck_grace = recheck_grace
         self._running: dict[str, asyncio.Task[Renewed]] = {}
         self._retry_at: dict[str, float] = {}
 
@@ -63,7 +79,7 @@ class SessionRenewal:
 
     def due(self, payload: SessionPayload, handle: str) -> bool:
         now = self._clock()
-        if self._refresh_due(payload, now):
+        if self._refresh_due(payload, now) or self._recheck_due(payload, now):
             return True
         if self._idle_timeout and now - (payload.last_seen or 0) >= TOUCH_EVERY:
             return True
@@ -86,12 +102,29 @@ class SessionRenewal:
             return False
         return self._retry_at.get(payload.sid, 0.0) <= now
 
+    def _recheck_due(self, payload: SessionPayload, now: float) -> bool:
+        if not self._recheck_interval:
+            return False
+        if now - payload.checked_at < self._recheck_interval:
+            return False
+        return self._retry_at.get(payload.sid, 0.0) <= now
+
     async def _renew(self, payload: SessionPayload, handle: str) -> Renewed:
         now = self._clock()
         if self._refresh_due(payload, now):
             refreshed = await self._refresh(payload, handle)
             if refreshed is not None:
-                return refreshed
+                if refreshed.payload is None or not self._recheck_due(
+                    refreshed.payload, now
+                ):
+                    return refreshed
+                payload, handle = refreshed.payload, refreshed.handle or handle
+        if self._recheck_due(payload, now):
+            rechecked = await self._recheck(payload)
+            if rechecked is None:
+                await self._store.delete(handle)
+                return Renewed(None, None)
+            payload = rechecked
         touched = replace(payload, last_seen=now) if self._idle_timeout else payload
         new_handle = await self._store.save(touched, handle)
         return Renewed(touched, new_handle if new_handle != handle else None)
@@ -130,6 +163,41 @@ class SessionRenewal:
         new_handle = await self._store.save(renewed, handle)
         auth_event("refresh_ok", user=payload.user)
         return Renewed(renewed, new_handle if new_handle != handle else None)
+
+    async def _recheck(self, payload: SessionPayload) -> SessionPayload | None:
+        """The payload with fresh facts; the old ones within the grace period if
+        reddit cannot answer; None when the session must end (fail closed)."""
+        assert self._policy is not None
+        now = self._clock()
+        try:
+            if payload.access_token is None:
+                raise RedditUnavailable("no token kept to re-check with")
+            gathered = await gather_facts(
+                self._reddit,
+                payload.access_token,
+                self._policy,
+                frozenset(payload.scopes),
+            )
+        except (RedditGrantError, RedditIdentityError) as exc:
+            auth_event("recheck_failed", user=payload.user, reason=exc.reason)
+            return None
+        except RedditError as exc:
+            stale_for = now - payload.checked_at
+            if stale_for >= self._recheck_interval + self._recheck_grace:
+                auth_event("recheck_failed", user=payload.user, reason=exc.reason)
+                return None
+            auth_event(
+                "recheck_failed",
+                logging.WARNING,
+                user=payload.user,
+                reason=exc.reason,
+                kept_for=round(stale_for),
+            )
+            self._retry_at[payload.sid] = now + RETRY_AFTER
+            return payload
+
+        auth_event("recheck_ok", user=payload.user)
+        return replace(payload, facts=gathered.judged, checked_at=now)
 
     async def _await_peer(self, payload: SessionPayload, handle: str) -> Renewed | None:
         """Another replica is refreshing this session: wait for its result."""

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import Secret
+from gateway.policy import UserFacts
 
 Clock = Callable[[], float]
 
@@ -46,6 +47,8 @@ class SessionPayload:
     scopes: tuple[str, ...]
     sid: str = ""  # a random id for this sign-in, kept across renewals
     last_seen: float = 0.0  # when the session was last renewed for idle_timeout
+    facts: UserFacts | None = None  # what the access rules judge
+    checked_at: float = 0.0  # when the facts were last read from reddit
 
 
 def derive_key(secret: Secret, purpose: str) -> bytes:
@@ -181,6 +184,9 @@ def encode_payload(payload: SessionPayload) -> bytes:
         fields["id"] = payload.sid
     if payload.last_seen:
         fields["l"] = payload.last_seen
+    if payload.facts is not None:
+        fields["f"] = _encode_facts(payload.facts)
+        fields["fc"] = payload.checked_at
     return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -206,9 +212,55 @@ def decode_payload(data: bytes) -> SessionPayload:
             scopes=tuple(_text(fields.get("s", "")).split()),
             sid=_text(fields.get("id", "")),
             last_seen=_number(fields.get("l", 0)),
+            facts=_decode_facts(fields) if "f" in fields else None,
+            checked_at=_number(fields.get("fc", 0)),
         )
-    except (KeyError, TypeError, OverflowError):
+    except (KeyError, TypeError, OverflowError, AttributeError):
         raise ValueError("malformed") from None
+
+
+def _encode_facts(facts: UserFacts) -> dict[str, Any]:
+    # The user's name and scopes are in the payload already.
+    fields: dict[str, Any] = {"k": facts.karma, "su": facts.suspended}
+    if facts.created_utc is not None:
+        fields["c"] = facts.created_utc
+    if facts.verified_email is not None:
+        fields["ve"] = facts.verified_email
+    for key, names in (
+        ("m", facts.moderator_of),
+        ("sb", facts.subscriber_of),
+        ("ct", facts.contributor_of),
+    ):
+        if names:
+            fields[key] = sorted(names)
+    return fields
+
+
+def _decode_facts(payload: Any) -> UserFacts:
+    fields = payload["f"]
+    created = fields.get("c")
+    verified = fields.get("ve")
+    if verified is not None and not isinstance(verified, bool):
+        raise TypeError
+    if not isinstance(fields.get("su", False), bool):
+        raise TypeError
+    return UserFacts(
+        name=_text(payload["u"], empty=False),
+        created_utc=None if created is None else _number(created),
+        karma=int(_number(fields.get("k", 0))),
+        verified_email=verified,
+        suspended=fields.get("su", False),
+        moderator_of=_names(fields.get("m", [])),
+        subscriber_of=_names(fields.get("sb", [])),
+        contributor_of=_names(fields.get("ct", [])),
+        scopes=frozenset(_text(payload.get("s", "")).split()),
+    )
+
+
+def _names(value: object) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise TypeError
+    return frozenset(_text(name) for name in value)
 
 
 def _text(value: object, *, empty: bool = True) -> str:

@@ -192,7 +192,7 @@ StackFactory = Callable[..., Awaitable[Stack]]
 async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
     """Start mock reddit + upstream + gateway; keyword args are GATEWAY_* overrides."""
 
-    async def make(**overrides: str) -> Stack:
+    async def make(config_file: str | None = None, **overrides: str) -> Stack:
         clock = FakeClock()
         reddit = MockReddit(clock=clock)
         reddit_server: TestServer = await aiohttp_server(reddit.app())
@@ -217,7 +217,7 @@ async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
             "GATEWAY_SESSION_COOKIE_SECURE": "false",
         }
         env.update({f"GATEWAY_{k.upper()}": v for k, v in overrides.items()})
-        config = load_config(None, env)
+        config = load_config(config_file, env)
         reddit.add_client(CLIENT_ID, CLIENT_SECRET, config.server.redirect_url)
 
         app = await build_app(config, clock=clock)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gateway.config import Secret, describe, load_config
+from gateway.config import Secret, config_warnings, describe, load_config
 from gateway.errors import ConfigError
 
 SECRET = "s" * 40
@@ -136,6 +136,29 @@ def test_empty_string_means_not_set() -> None:
         ("[session]\ncookie_secure = 'yes'\n", {}, "session.cookie_secure"),
         ("[access]\nusers = 'alice'\n", {}, "access.users"),
         ("[access]\nusers = ['a b c']\n", {}, "access.users"),
+        ("[access]\ndeny_users = ['x']\n", {}, "access.deny_users"),
+        ("[access]\nmoderators_of = ['r/a b']\n", {}, "access.moderators_of"),
+        ("[access]\nmoderators_of = ['x']\n", {}, "access.moderators_of"),
+        ("[access]\nmoderators_of = ['r/']\n", {}, "access.moderators_of"),
+        ("[access]\nmoderators_of = ['u/alice']\n", {}, "access.moderators_of"),
+        ("[access]\nmoderators_of = ['r/a/b']\n", {}, "access.moderators_of"),
+        ("[access]\nsubscribers_of = ['u_alice']\n", {}, "access.subscribers_of"),
+        ("[access]\nsubscribers_of = [1]\n", {}, "access.subscribers_of"),
+        (f"[access]\ncontributors_of = ['{'a' * 22}']\n", {}, "access.contributors_of"),
+        ("[access]\ncontributors_of = ['r/caf\u00e9']\n", {}, "access.contributors_of"),
+        ("[access]\nmin_account_age_days = -1\n", {}, "access.min_account_age_days"),
+        ("[access]\nmin_account_age_days = 1.5\n", {}, "access.min_account_age_days"),
+        ("[access]\nmin_karma = '100'\n", {}, "access.min_karma"),
+        ("[access]\nrequire_verified_email = 1\n", {}, "access.require_verified_email"),
+        ("[access]\nallow_suspended = 'no'\n", {}, "access.allow_suspended"),
+        ("[access]\nrecheck_interval = 59\n", {}, "access.recheck_interval"),
+        ("[access]\nrecheck_grace = -1\n", {}, "access.recheck_grace"),
+        ("[access]\nroutes = '/admin'\n", {}, "access.routes"),
+        ("[access]\nroutes = ['/admin']\n", {}, "access.routes"),
+        ("", {"GATEWAY_ACCESS_ROUTES": "/admin"}, "GATEWAY_ACCESS_ROUTES"),
+        ("", {"GATEWAY_ACCESS_MIN_KARMA": "lots"}, "GATEWAY_ACCESS_MIN_KARMA"),
+        ("", {"GATEWAY_ACCESS_MODERATORS_OF": "ok,r/no way"}, "access.moderators_of"),
+        ("", {"GATEWAY_ACCESS_RECHECK_INTERVAL": "10"}, "access.recheck_interval"),
         ("", {"GATEWAY_REDDIT_CLIENT_ID": ""}, "reddit.client_id"),
         ("", {"GATEWAY_REDDIT_CLIENT_SECRET": ""}, "reddit.client_secret"),
         ("", {"GATEWAY_SESSION_SECRET": "short"}, "session.secret"),
@@ -243,7 +266,8 @@ def test_example_file_parses_and_documents_every_key() -> None:
     for section, keys in _SCHEMA.items():
         assert f"[{section}]" in text
         for key in keys:
-            assert f"{key} =" in text, f"{section}.{key} is not documented"
+            documented = f"{key} =" in text or f"[[{section}.{key}]]" in text
+            assert documented, f"{section}.{key} is not documented"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -275,3 +299,267 @@ def test_secret_command_prints_a_strong_random_secret() -> None:
     assert first.returncode == 0
     assert len(first.stdout.strip()) >= 43
     assert first.stdout != second.stdout
+
+
+def route_toml(*lines: str) -> str:
+    return "[[access.routes]]\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        # the prefix: required, a plain path, compared with the raw request path
+        (route_toml("public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = ''", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = 'admin'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = 7", "public = true"), "access.routes[0].prefix"),
+        (
+            route_toml("prefix = '/admin%2F'", "min_karma = 1"),
+            "access.routes[0].prefix",
+        ),
+        (route_toml("prefix = '/%61dmin'", "min_karma = 1"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a?x'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a#x'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a;x'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a/../b'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a/./b'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/..'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '//a'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a//b'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a b'", "public = true"), "access.routes[0].prefix"),
+        (route_toml("prefix = '/a\\b'", "public = true"), "access.routes[0].prefix"),
+        (
+            route_toml("prefix = '/caf\u00e9'", "public = true"),
+            "access.routes[0].prefix",
+        ),
+        # keys inside a route
+        (route_toml("prefix = '/a'", "bogus = 1"), "access.routes[0].bogus"),
+        (
+            route_toml("prefix = '/a'", "recheck_interval = 60"),
+            "access.routes[0].recheck_interval",
+        ),
+        (route_toml("prefix = '/a'", "routes = []"), "access.routes[0].routes"),
+        (route_toml("prefix = '/a'", "public = 'yes'"), "access.routes[0].public"),
+        (route_toml("prefix = '/a'", "users = 'alice'"), "access.routes[0].users"),
+        (route_toml("prefix = '/a'", "users = ['a b']"), "access.routes[0].users"),
+        (
+            route_toml("prefix = '/a'", "moderators_of = ['r/']"),
+            "access.routes[0].moderators_of",
+        ),
+        (
+            route_toml("prefix = '/a'", "min_account_age_days = -5"),
+            "access.routes[0].min_account_age_days",
+        ),
+        (route_toml("prefix = '/a'", "min_karma = 1.5"), "access.routes[0].min_karma"),
+        # what a route means
+        (route_toml("prefix = '/a'"), "access.routes[0]"),
+        (route_toml("prefix = '/a'", "users = []"), "access.routes[0]"),
+        (
+            route_toml("prefix = '/a'", "public = true", "moderators_of = ['x1']"),
+            "access.routes[0].moderators_of",
+        ),
+        (
+            route_toml("prefix = '/a'", "public = true", "allow_suspended = false"),
+            "access.routes[0].allow_suspended",
+        ),
+        (
+            route_toml("prefix = '/a'", "allow_suspended = true"),
+            "access.routes[0].allow_suspended",
+        ),
+        (
+            route_toml("prefix = '/a'", "public = true")
+            + route_toml("prefix = '/b'", "min_karma = 1")
+            + route_toml("prefix = '/A/'", "min_karma = 5"),
+            "access.routes[2].prefix",
+        ),
+    ],
+)
+def test_bad_routes_refuse_to_start_naming_the_key(
+    tmp_path: pathlib.Path, toml: str, key: str
+) -> None:
+    path = write(tmp_path, "[access]\n" + toml)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, BASE_ENV)
+
+    assert caught.value.key == key
+    assert key in str(caught.value)
+
+
+ACCESS_TOML = """
+[reddit]
+duration = "permanent"
+[access]
+users = ["Alice", "bob_2"]
+deny_users = ["Mallory"]
+moderators_of = ["r/Example", "/r/Other/", "EXAMPLE", " third_sub "]
+min_account_age_days = 30
+min_karma = -5
+require_verified_email = true
+recheck_interval = 600
+recheck_grace = 0
+
+[[access.routes]]
+prefix = "/admin/"
+contributors_of = ["Team"]
+allow_suspended = false
+
+[[access.routes]]
+prefix = "/"
+public = true
+"""
+
+
+def test_access_rules_and_routes_are_read_and_normalised(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = load_config(write(tmp_path, ACCESS_TOML), BASE_ENV)
+
+    access = config.access
+    assert access.users == {"alice", "bob_2"}
+    assert access.deny_users == {"mallory"}
+    assert access.moderators_of == ("Example", "Other", "third_sub")
+    assert (access.subscribers_of, access.contributors_of) == ((), ())
+    assert (access.min_account_age_days, access.min_karma) == (30, -5)
+    assert access.require_verified_email is True
+    assert access.allow_suspended is False
+    assert (access.recheck_interval, access.recheck_grace) == (600, 0)
+    admin, root = access.routes
+    assert (admin.prefix, admin.public, admin.contributors_of) == (
+        "/admin",
+        False,
+        ("Team",),
+    )
+    assert admin.allow_suspended is False
+    assert (admin.users, admin.min_karma, admin.min_account_age_days) == (
+        frozenset(),
+        None,
+        0,
+    )
+    assert (root.prefix, root.public) == ("/", True)
+
+
+def test_access_defaults_and_environment_lists() -> None:
+    env = {
+        **BASE_ENV,
+        "GATEWAY_ACCESS_SUBSCRIBERS_OF": "r/One, two_2",
+        "GATEWAY_ACCESS_MIN_KARMA": "-10",
+        "GATEWAY_ACCESS_ALLOW_SUSPENDED": "yes",
+    }
+
+    default = load_config(None, BASE_ENV).access
+    config = load_config(None, env).access
+
+    assert default.min_karma is None
+    assert (default.min_account_age_days, default.allow_suspended) == (0, False)
+    assert (default.recheck_interval, default.recheck_grace) == (900, 1800)
+    assert default.routes == ()
+    assert config.subscribers_of == ("One", "two_2")
+    assert config.min_karma == -10
+    assert config.allow_suspended is True
+
+
+@pytest.mark.parametrize(
+    ("toml", "scopes"),
+    [
+        ("", ("identity",)),
+        ("[access]\nusers = ['alice']\nmin_karma = 5\n", ("identity",)),
+        ("[access]\nmoderators_of = ['example']\n", ("identity", "mysubreddits")),
+        ("[access]\ncontributors_of = ['example']\n", ("identity", "mysubreddits")),
+        (
+            "[access]\n" + route_toml("prefix = '/a'", "subscribers_of = ['ex']"),
+            ("identity", "mysubreddits"),
+        ),
+        (
+            "[reddit]\nscopes = ['identity', 'mysubreddits', 'read']\n"
+            "[access]\nmoderators_of = ['example']\n",
+            ("identity", "mysubreddits", "read"),
+        ),
+    ],
+)
+def test_scopes_follow_the_rules(
+    tmp_path: pathlib.Path, toml: str, scopes: tuple[str, ...]
+) -> None:
+    assert load_config(write(tmp_path, toml), BASE_ENV).reddit.scopes == scopes
+
+
+def test_describe_shows_why_each_scope_and_the_routes_as_toml(
+    tmp_path: pathlib.Path,
+) -> None:
+    import tomllib
+
+    config = load_config(write(tmp_path, ACCESS_TOML), BASE_ENV)
+
+    text = describe(config)
+
+    assert 'scopes = ["identity", "mysubreddits"]' in text
+    assert "# identity: reads the username (always needed)" in text
+    assert (
+        "# mysubreddits: needed by access.moderators_of, "
+        "access.routes[0].contributors_of"
+    ) in text
+    shown = tomllib.loads(text)["access"]
+    assert shown["moderators_of"] == ["Example", "Other", "third_sub"]
+    assert shown["min_karma"] == -5
+    assert shown["routes"] == [
+        {"prefix": "/admin", "contributors_of": ["Team"], "allow_suspended": False},
+        {"prefix": "/", "public": True},
+    ]
+    assert "# min_karma is not set" in describe(load_config(None, BASE_ENV))
+
+
+@pytest.mark.parametrize(
+    ("toml", "warned"),
+    [
+        ("", ""),
+        ("[access]\nusers = ['alice']\nmin_account_age_days = 30\n", ""),
+        ("[access]\nmoderators_of = ['example']\n", "access.moderators_of is"),
+        (
+            "[access]\nmin_karma = 1\n"
+            + route_toml("prefix = '/a'", "require_verified_email = true"),
+            "access.min_karma, access.routes[0].require_verified_email are",
+        ),
+        ("[reddit]\nduration = 'permanent'\n[access]\nmoderators_of = ['ex']\n", ""),
+    ],
+)
+def test_rechecked_rules_with_temporary_tokens_are_warned_about(
+    tmp_path: pathlib.Path, toml: str, warned: str
+) -> None:
+    warnings = config_warnings(load_config(write(tmp_path, toml), BASE_ENV))
+
+    if not warned:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert warning.startswith(warned + " re-checked every 900 s")
+        assert 'duration = "permanent"' in warning
+
+
+def test_check_command_warns_but_passes() -> None:
+    env = {**BASE_ENV, "GATEWAY_ACCESS_MODERATORS_OF": "r/example"}
+
+    temporary = run_cli("check", env=env)
+    permanent = run_cli("check", env={**env, "GATEWAY_REDDIT_DURATION": "permanent"})
+
+    assert temporary.returncode == 0, temporary.stderr
+    assert "# warning: access.moderators_of is re-checked" in temporary.stderr
+    assert "# mysubreddits: needed by access.moderators_of" in temporary.stdout
+    assert permanent.returncode == 0, permanent.stderr
+    assert "warning" not in permanent.stderr
+
+
+def test_the_example_files_commented_routes_are_valid(tmp_path: pathlib.Path) -> None:
+    example = pathlib.Path(__file__).parent.parent / "gateway.toml.example"
+    lines = example.read_text().splitlines()
+    start = lines.index("# [[access.routes]]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line.removeprefix("#").removeprefix(" "))
+
+    config = load_config(write(tmp_path, "[access]\n" + "\n".join(block)), BASE_ENV)
+
+    admin, health = config.access.routes
+    assert (admin.prefix, admin.moderators_of) == ("/admin", ("example",))
+    assert (health.prefix, health.public) == ("/health", True)

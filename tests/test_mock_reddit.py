@@ -619,7 +619,7 @@ async def test_me_normal_account(client: TestClient[Any, Any]) -> None:
     assert body["has_verified_email"] is True
     assert isinstance(body["created_utc"], float)
     assert body["total_karma"] == 1520 + 8834
-    assert answer.headers["X-Ratelimit-Remaining"] == "599.0"
+    assert answer.headers["X-Ratelimit-Remaining"] == "999.0"
 
 
 async def test_me_escapes_urls_without_raw_json(client: TestClient[Any, Any]) -> None:
@@ -799,3 +799,443 @@ async def test_fail_next_delay_then_normal_answer(
 
     assert answer.status == 200
     assert loop.time() - started >= 0.05
+
+
+# --- subreddit listings -------------------------------------------------------------
+
+
+async def listing(
+    client: TestClient[Any, Any], token: str, kind: str = "moderator", **query: str
+) -> Any:
+    return await client.get(
+        f"/subreddits/mine/{kind}",
+        params={"raw_json": "1", **query},
+        headers={"Authorization": f"bearer {token}", "User-Agent": UA},
+    )
+
+
+async def member_token(client: TestClient[Any, Any], username: str) -> str:
+    token = await login(client, username=username, scope="identity mysubreddits")
+    access: str = token["access_token"]
+    return access
+
+
+async def test_listing_shaped_like_reddit(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Example_User-42", moderator_of=["ExampleCommunity"])
+    token = await member_token(client, "example_user-42")
+
+    answer = await listing(client, token, limit="2")
+
+    body = await answer.json()
+    assert answer.status == 200
+    assert body["kind"] == "Listing"
+    data = body["data"]
+    assert set(data) == {"after", "dist", "modhash", "geo_filter", "children", "before"}
+    assert (data["after"], data["before"], data["dist"]) == (None, None, 2)
+    community, profile = (child["data"] for child in data["children"])
+    assert {child["kind"] for child in data["children"]} == {"t5"}
+    assert community["display_name"] == "ExampleCommunity"
+    assert community["display_name_prefixed"] == "r/ExampleCommunity"
+    assert community["name"] == f"t5_{community['id']}"
+    assert community["url"] == "/r/ExampleCommunity/"
+    assert community["subreddit_type"] == "public"
+    assert community["user_is_moderator"] is True
+    assert community["user_is_subscriber"] is False
+    assert profile["display_name"] == "u_Example_User-42"
+    assert profile["display_name_prefixed"] == "u/Example_User-42"
+    assert profile["subreddit_type"] == "user"
+    assert profile["url"] == "/user/Example_User-42/"
+
+
+async def test_listing_pages_follow_after(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    names = ["one", "Two", "three", "Four", "five"]
+    mock.add_user("Example_User-42", subscriber_of=names)
+    mock.page_size = 2
+    token = await member_token(client, "example_user-42")
+
+    pages: list[dict[str, Any]] = []
+    after: str | None = None
+    while after is not None or not pages:
+        query = {"limit": "100", **({"after": after} if after else {})}
+        page = (await (await listing(client, token, "subscriber", **query)).json())[
+            "data"
+        ]
+        pages.append(page)
+        after = page["after"]
+
+    seen = [
+        child["data"]["display_name"] for page in pages for child in page["children"]
+    ]
+    assert seen == names
+    assert [page["dist"] for page in pages] == [2, 2, 1]
+    assert pages[0]["after"] == pages[0]["children"][-1]["data"]["name"]
+    assert pages[1]["before"] == pages[1]["children"][0]["data"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "page_size", "dist"),
+    [(None, 100, 25), ("10", 100, 10), ("1000", 100, 30), ("0", 100, 1),
+     ("many", 100, 25), ("100", 7, 7)],
+)  # fmt: skip
+async def test_listing_limit_like_reddit(
+    client: TestClient[Any, Any],
+    mock: MockReddit,
+    limit: str | None,
+    page_size: int,
+    dist: int,
+) -> None:
+    mock.add_user("Example_User-42", subscriber_of=[f"sub_{i:02d}" for i in range(30)])
+    mock.page_size = page_size
+    token = await member_token(client, "example_user-42")
+
+    query = {} if limit is None else {"limit": limit}
+    body = await (await listing(client, token, "subscriber", **query)).json()
+
+    assert body["data"]["dist"] == dist
+
+
+async def test_listing_unknown_after_is_an_empty_page(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Example_User-42", subscriber_of=["one", "two"])
+    token = await member_token(client, "example_user-42")
+
+    body = await (await listing(client, token, "subscriber", after="t5_nope")).json()
+
+    assert (body["data"]["children"], body["data"]["after"]) == ([], None)
+
+
+async def test_listing_kinds_are_separate(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user(
+        "Example_User-42",
+        moderator_of=["Modded"],
+        subscriber_of=["Modded", "Read"],
+        contributor_of=["Approved"],
+    )
+    token = await member_token(client, "example_user-42")
+
+    found = {}
+    for kind in ("moderator", "subscriber", "contributor"):
+        body = await (await listing(client, token, kind)).json()
+        found[kind] = {
+            c["data"]["display_name"]: c["data"] for c in body["data"]["children"]
+        }
+
+    assert set(found["moderator"]) == {"Modded", "u_Example_User-42"}
+    assert set(found["subscriber"]) == {"Modded", "Read"}
+    assert set(found["contributor"]) == {"Approved"}
+    assert found["subscriber"]["Modded"]["user_is_moderator"] is True
+    assert found["subscriber"]["Read"]["user_is_moderator"] is False
+    assert found["contributor"]["Approved"]["user_is_contributor"] is True
+
+
+async def test_listing_escapes_urls_without_raw_json(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Example_User-42", subscriber_of=["one"])
+    token = await member_token(client, "example_user-42")
+
+    escaped = await (await listing(client, token, "subscriber", raw_json="0")).json()
+    raw = await (await listing(client, token, "subscriber")).json()
+
+    assert "&amp;" in escaped["data"]["children"][0]["data"]["community_icon"]
+    assert "&amp;" not in raw["data"]["children"][0]["data"]["community_icon"]
+
+
+async def test_listing_without_mysubreddits_is_403(
+    client: TestClient[Any, Any],
+) -> None:
+    token = await login(client, scope="identity")
+
+    answer = await listing(client, token["access_token"])
+
+    assert answer.status == 403
+    assert 'error="insufficient_scope"' in answer.headers["WWW-Authenticate"]
+    assert await answer.json() == {"error": 403}
+
+
+async def test_listing_app_only_token_gets_the_string_of_an_empty_object(
+    client: TestClient[Any, Any],
+) -> None:
+    answer = await client.post(
+        "/api/v1/access_token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": basic(), "User-Agent": UA},
+    )
+    token = (await answer.json())["access_token"]
+
+    answer = await listing(client, token)
+
+    assert answer.status == 200
+    assert await answer.text() == '"{}"'
+
+
+async def test_listing_refuses_a_dead_token(client: TestClient[Any, Any]) -> None:
+    answer = await listing(client, "no-such-token")
+
+    assert answer.status == 401
+    assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+
+
+async def test_me_is_mod_follows_the_moderator_list(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Mod_One", moderator_of=["example"], subscriber_of=["other"])
+    mock.add_user("Plain_One")
+
+    modded = await (await me(client, await member_token(client, "mod_one"))).json()
+    plain = await (await me(client, await member_token(client, "plain_one"))).json()
+
+    assert (modded["is_mod"], plain["is_mod"]) == (True, False)
+    assert not {"moderator_of", "subscriber_of", "contributor_of"} & set(modded)
+
+
+async def test_add_user_lists_take_r_prefixes_and_keep_first_casing(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Someone_Else", subscriber_of=["Example"])
+    mock.add_user("Mod_One", moderator_of=["r/EXAMPLE", "/r/example/", "Other"])
+    token = await member_token(client, "mod_one")
+
+    first = await (await listing(client, token)).json()
+    mock.add_user("Mod_One", karma_note="no list given")
+    kept = await (await listing(client, token)).json()
+    mock.add_user("Mod_One", moderator_of=[])
+    cleared = await (await listing(client, token)).json()
+
+    def names(body: Any) -> list[str]:
+        return [c["data"]["display_name"] for c in body["data"]["children"]]
+
+    assert names(first) == ["Example", "Other", "u_Mod_One"]
+    assert names(kept) == names(first)
+    assert names(cleared) == ["u_Mod_One"]
+
+
+@pytest.mark.parametrize("name", ["no spaces", "x", "a" * 22, "r/", "ex-ample"])
+def test_add_user_refuses_what_is_not_a_subreddit(mock: MockReddit, name: str) -> None:
+    with pytest.raises(ValueError, match="not a subreddit name"):
+        mock.add_user("Mod_One", moderator_of=[name])
+
+
+# --- rate limits ------------------------------------------------------------------
+
+
+async def test_oauth_answers_spend_the_budget(
+    client: TestClient[Any, Any], mock: MockReddit, clock: FakeClock
+) -> None:
+    token = (await login(client))["access_token"]
+    assert mock.ratelimit_remaining == 1000.0  # the consent page and token are free
+
+    first = await me(client, token)
+    clock.now += 100
+    second = await me(client, token)
+
+    assert first.headers["X-Ratelimit-Remaining"] == "999.0"
+    assert first.headers["X-Ratelimit-Used"] == "1"
+    assert first.headers["X-Ratelimit-Reset"] == "600"
+    assert second.headers["X-Ratelimit-Remaining"] == "998.0"
+    assert second.headers["X-Ratelimit-Used"] == "2"
+    assert second.headers["X-Ratelimit-Reset"] == "500"
+    assert mock.ratelimit_remaining == 998.0
+
+
+async def test_budget_at_zero_answers_429_until_the_window_ends(
+    client: TestClient[Any, Any], mock: MockReddit, clock: FakeClock
+) -> None:
+    token = (await login(client))["access_token"]
+    mock.ratelimit_remaining = 1
+    mock.ratelimit_reset = 5
+
+    last = await me(client, token)
+    refused = await me(client, token)
+    clock.now += 5
+    refilled = await me(client, token)
+
+    assert (last.status, last.headers["X-Ratelimit-Remaining"]) == (200, "0.0")
+    assert refused.status == 429
+    assert await refused.json() == {"message": "Too Many Requests", "error": 429}
+    assert refused.headers["X-Ratelimit-Remaining"] == "0.0"
+    assert refused.headers["X-Ratelimit-Reset"] == "5"
+    assert refilled.status == 200
+    assert refilled.headers["X-Ratelimit-Remaining"] == "999.0"
+    assert refilled.headers["X-Ratelimit-Reset"] == "600"
+
+
+async def test_budget_is_settable(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    token = (await login(client))["access_token"]
+    mock.ratelimit_budget = mock.ratelimit_remaining = 600.0
+
+    answer = await me(client, token)
+
+    assert answer.headers["X-Ratelimit-Remaining"] == "599.0"
+    assert answer.headers["X-Ratelimit-Used"] == "1"
+
+
+async def test_token_endpoint_is_outside_the_api_budget(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.ratelimit_remaining = 0
+
+    target = await consent(client)
+    answer = await client.post(
+        "/api/v1/access_token",
+        data={"grant_type": "authorization_code", "code": target.query["code"],
+              "redirect_uri": REDIRECT},
+        headers={"Authorization": basic(), "User-Agent": UA},
+    )  # fmt: skip
+
+    assert answer.status == 200
+    assert "X-Ratelimit-Remaining" not in answer.headers
+
+
+# --- consent page: more about this account ------------------------------------------
+
+
+async def consent_with(
+    client: TestClient[Any, Any], username: str, details: dict[str, str]
+) -> Any:
+    """Send the consent form as a browser would after filling in the details."""
+    page = await client.get(
+        "/api/v1/authorize", params=authorize_params(scope="identity mysubreddits")
+    )
+    fields = form_fields(await page.text())
+    fields.update(details, username=username, authorize="Allow")
+    return await client.post("/api/v1/authorize", data=fields, allow_redirects=False)
+
+
+async def test_consent_page_folds_the_account_details_away(
+    client: TestClient[Any, Any],
+) -> None:
+    page = await (
+        await client.get("/api/v1/authorize", params=authorize_params())
+    ).text()
+
+    assert "<details>" in page
+    assert "<summary>More about this account</summary>" in page
+    for field, label in [
+        ("moderator_of", "Moderator of"),
+        ("subscriber_of", "Subscriber of"),
+        ("contributor_of", "Approved user of"),
+        ("account_age_days", "Account age (days)"),
+        ("karma", "Karma"),
+    ]:
+        assert f'<label for="{field}">{label}</label>' in page
+        assert f'id="{field}"' in page and f'name="{field}"' in page
+    # Checkboxes carry no value, so a script copying name="..." value="..." pairs
+    # (as the gateway's own tests do) never ticks one by accident.
+    assert '<input type="checkbox" name="unverified_email">' in page
+    assert '<input type="checkbox" name="suspended">' in page
+
+
+async def test_consent_details_seed_the_account(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    details = {
+        "moderator_of": "Example, r/Other",
+        "subscriber_of": "python",
+        "contributor_of": " secret_club ,",
+        "account_age_days": "30",
+        "karma": "150",
+        "unverified_email": "on",
+    }
+
+    answer = await consent_with(client, "New_Mod", details)
+    code = URL(answer.headers["Location"]).query["code"]
+    token = (await redeem(client, code))["access_token"]
+
+    body = await (await me(client, token)).json()
+    assert body["created_utc"] == START - 30 * 86400
+    assert (body["link_karma"], body["comment_karma"], body["total_karma"]) == (
+        150,
+        0,
+        150,
+    )
+    assert body["has_verified_email"] is False
+    assert body["is_mod"] is True
+    found = {}
+    for kind in ("moderator", "subscriber", "contributor"):
+        page = await (await listing(client, token, kind)).json()
+        found[kind] = [c["data"]["display_name"] for c in page["data"]["children"]]
+    assert found == {
+        "moderator": ["Example", "Other", "u_New_Mod"],
+        "subscriber": ["python"],
+        "contributor": ["secret_club"],
+    }
+
+
+async def test_consent_details_suspended(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    answer = await consent_with(client, "Bad_Actor", {"suspended": "on"})
+    code = URL(answer.headers["Location"]).query["code"]
+    token = (await redeem(client, code))["access_token"]
+
+    body = await (await me(client, token)).json()
+
+    assert body == {"name": "Bad_Actor", "is_suspended": True, "is_blocked": False}
+
+
+async def test_consent_without_details_leaves_a_seeded_account(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    mock.add_user("Seeded", moderator_of=["example"], has_verified_email=False)
+
+    token = await member_token(client, "seeded")
+
+    body = await (await me(client, token)).json()
+    modded = await (await listing(client, token)).json()
+    assert body["has_verified_email"] is False
+    assert modded["data"]["children"][0]["data"]["display_name"] == "example"
+
+
+@pytest.mark.parametrize(
+    ("details", "message"),
+    [
+        ({"moderator_of": "fine, not fine"},
+         "Moderator of: &#x27;not fine&#x27; is not a subreddit name."),
+        ({"contributor_of": "<script>"},
+         "Approved user of: &#x27;&lt;script&gt;&#x27; is not a subreddit name."),
+        ({"account_age_days": "-1"}, "Account age: a whole number of days, like 30."),
+        ({"account_age_days": "1.5"}, "Account age: a whole number of days, like 30."),
+        ({"karma": "lots"}, "Karma: a whole number, like 100."),
+        ({"karma": "1e9"}, "Karma: a whole number, like 100."),
+    ],
+)  # fmt: skip
+async def test_consent_details_that_cannot_be_used_are_asked_again(
+    client: TestClient[Any, Any],
+    mock: MockReddit,
+    details: dict[str, str],
+    message: str,
+) -> None:
+    answer = await consent_with(client, "Typo_User", {**details, "suspended": "on"})
+
+    page = await answer.text()
+    assert answer.status == 400
+    assert f'<p class="error" role="alert">{message}</p>' in page
+    assert "<details open>" in page
+    assert '<input type="checkbox" name="suspended" checked>' in page
+    [(field, typed)] = details.items()
+    assert f'name="{field}" value="{html.escape(typed)}"' in page
+    assert "<script>" not in page
+    assert "typo_user" not in mock._users
+
+
+async def test_consent_details_are_ignored_on_decline(
+    client: TestClient[Any, Any], mock: MockReddit
+) -> None:
+    page = await client.get("/api/v1/authorize", params=authorize_params())
+    fields = form_fields(await page.text())
+    fields.update(username="Shy_User", authorize="Decline", suspended="on")
+
+    answer = await client.post("/api/v1/authorize", data=fields, allow_redirects=False)
+
+    assert "error=access_denied" in answer.headers["Location"]
+    assert "shy_user" not in mock._users

@@ -62,6 +62,13 @@ async def test_path_traversal_out_of_the_upstream_base_path_is_refused(
         ("/a/%2e", True),
         ("/files/%2Fetc", False),
         ("/a?next=/../x", False),
+        ("/public/..;/admin", True),
+        ("/a/.;x/b", True),
+        ("/a/..%3Bx/b", True),
+        ("/a/%2e%2e;/b", True),
+        ("/a;../b", False),
+        ("/a/;../b", False),
+        ("/a/..x;/b", False),
     ],
 )
 def test_has_dot_segment(target: str, dotted: bool) -> None:

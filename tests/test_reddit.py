@@ -65,9 +65,31 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client_session
 
 
+class FakeTime:
+    """A clock, and a sleep that only moves it on, noting every wait."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
 @pytest.fixture
-def reddit(session: aiohttp.ClientSession) -> RedditClient:
-    return RedditClient(reddit_config(), REDIRECT, session)
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def reddit(session: aiohttp.ClientSession, fake_time: FakeTime) -> RedditClient:
+    return RedditClient(
+        reddit_config(), REDIRECT, session, clock=fake_time, sleep=fake_time.sleep
+    )
 
 
 class _StreamWriterShim(aiohttp.ClientResponse):
@@ -79,7 +101,7 @@ class _StreamWriterShim(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-class _Offline(aioresponses):
+class Offline(aioresponses):
     def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _StreamWriterShim)
         super().add(url, method, *args, **kwargs)
@@ -87,7 +109,7 @@ class _Offline(aioresponses):
 
 @pytest.fixture
 def mocked() -> Iterator[aioresponses]:
-    with _Offline() as mock:
+    with Offline() as mock:
         yield mock
 
 
@@ -479,6 +501,7 @@ async def test_me_normal_account(reddit: RedditClient, mocked: aioresponses) -> 
         has_verified_email=True,
         link_karma=1520,
         comment_karma=8834,
+        total_karma=10366,
     )
 
 
@@ -489,12 +512,18 @@ async def test_me_normal_account(reddit: RedditClient, mocked: aioresponses) -> 
                      Identity("abc", "", False, None, None, 0, 0), id="only-name"),
         pytest.param({"name": "a" * 20, "id": "T2_BAD!", "created_utc": 1514764800,
                       "has_verified_email": "yes", "link_karma": 3.0,
-                      "comment_karma": "9"},
-                     Identity("a" * 20, "", False, 1514764800.0, None, 3, 0),
+                      "comment_karma": "9", "total_karma": "12"},
+                     Identity("a" * 20, "", False, 1514764800.0, None, 3, 0, None),
                      id="odd-types"),
+        pytest.param({"name": "abc", "total_karma": True},
+                     Identity("abc", "", False, None, None, 0, 0, None),
+                     id="boolean-karma"),
+        pytest.param({"name": "abc", "total_karma": -4.0},
+                     Identity("abc", "", False, None, None, 0, 0, -4),
+                     id="negative-float-karma"),
         pytest.param({**NORMAL_ME, "is_suspended": False, "id": None},
                      Identity("Example_User-42", "", False, 1514764800.0, True,
-                              1520, 8834), id="missing-id"),
+                              1520, 8834, 10366), id="missing-id"),
     ],
 )  # fmt: skip
 async def test_me_tolerates_missing_and_odd_fields(
@@ -508,17 +537,36 @@ async def test_me_tolerates_missing_and_odd_fields(
     assert await reddit.fetch_identity(Secret(ACCESS)) == identity
 
 
-async def test_me_suspended_account_is_refused(
-    reddit: RedditClient, mocked: aioresponses
+@pytest.mark.parametrize(
+    ("payload", "identity"),
+    [
+        ({"name": "Banned_Example", "is_suspended": True, "is_blocked": False,
+          "awardee_karma": 0, "awarder_karma": 0, "total_karma": 57},
+         Identity("Banned_Example", "", True, None, None, 0, 0, 57)),
+        ({**NORMAL_ME, "is_suspended": True, "suspension_expiration_utc": 2e9},
+         Identity("Example_User-42", "t2_1a2b3c4d", True, 1514764800.0, True, 1520,
+                  8834, 10366)),
+        ({"name": "Odd_Flag", "is_suspended": "yes"},
+         Identity("Odd_Flag", "", True, None, None, 0, 0, None)),
+        ({"name": "Odd_Flag", "is_suspended": 0},
+         Identity("Odd_Flag", "", True, None, None, 0, 0, None)),
+        ({"name": "Null_Flag", "is_suspended": None},
+         Identity("Null_Flag", "", False, None, None, 0, 0, None)),
+        ({"name": "Fine_User", "is_suspended": False},
+         Identity("Fine_User", "", False, None, None, 0, 0, None)),
+    ],
+)  # fmt: skip
+async def test_me_suspended_account_is_left_to_the_access_rules(
+    reddit: RedditClient,
+    mocked: aioresponses,
+    payload: dict[str, Any],
+    identity: Identity,
 ) -> None:
-    suspended = {"name": "Banned_Example", "is_suspended": True, "is_blocked": False,
-                 "awardee_karma": 0, "awarder_karma": 0, "total_karma": 57}  # fmt: skip
-    mocked.get(ME_URL, payload=suspended)
+    mocked.get(ME_URL, payload=payload)
 
-    with pytest.raises(RedditIdentityError) as caught:
-        await reddit.fetch_identity(Secret(ACCESS))
+    found = await reddit.fetch_identity(Secret(ACCESS))
 
-    assert caught.value.reason == "suspended"
+    assert found == identity
 
 
 @pytest.mark.parametrize(
@@ -569,7 +617,7 @@ async def test_me_name_refused_header_injection(
           "content_type": HTML}, "me: 401 (no error given)"),
         ({"status": 403, "body": BLOCK_PAGE, "content_type": HTML},
          "me: 403 (no error given)"),
-        ({"status": 429, "payload": {"error": 429}}, "me: unexpected status 429"),
+        ({"status": 418, "payload": {"error": 418}}, "me: unexpected status 418"),
         ({"status": 500, "body": "<h1>oops</h1>", "content_type": HTML},
          "me: unexpected status 500"),
         ({"status": 302, "headers": {"Location": "https://www.reddit.com/login"}},
@@ -703,7 +751,11 @@ async def mock_server(
 
 
 def mock_client(
-    server: TestServer, session: aiohttp.ClientSession, **overrides: Any
+    server: TestServer,
+    session: aiohttp.ClientSession,
+    *,
+    fake_time: FakeTime | None = None,
+    **overrides: Any,
 ) -> RedditClient:
     settings: dict[str, Any] = {
         "client_id": MOCK_ID,
@@ -714,13 +766,21 @@ def mock_client(
         "api_url": server.make_url("/"),
     }
     config = reddit_config(**{**settings, **overrides})
-    return RedditClient(config, REDIRECT, session)
+    if fake_time is None:
+        return RedditClient(config, REDIRECT, session)
+    return RedditClient(
+        config, REDIRECT, session, clock=fake_time, sleep=fake_time.sleep
+    )
 
 
 async def browser_consent(
-    reddit: RedditClient, state: str, username: str = "example_user-42"
+    reddit: RedditClient,
+    state: str,
+    username: str = "example_user-42",
+    **details: str,
 ) -> URL:
-    """Open the consent page, fill it in and press Allow, as a person would."""
+    """Open the consent page, fill it in and press Allow, as a person would;
+    details are the "More about this account" fields."""
     async with aiohttp.ClientSession() as browser:
         page = await browser.get(reddit.authorize_url(state))
         text = await page.text()
@@ -729,7 +789,7 @@ async def browser_consent(
         assert page.status == 200 and action is not None
 
         form = {name: html.unescape(value) for name, value in fields}
-        form.update(username=username, authorize="Allow")
+        form.update(details, username=username, authorize="Allow")
         answer = await browser.post(
             page.url.join(URL(action.group(1))), data=form, allow_redirects=False
         )
@@ -884,7 +944,6 @@ async def test_injected_faults_against_mock_reddit(
     [
         ("bob\r\nX-Evil: 1", {}, "unacceptable account name"),
         ("ab", {}, "unacceptable account name"),
-        ("Banned_Example", {"is_suspended": True}, "suspended"),
         ("App_Like", {"me_override": {"features": {}}}, "no account name"),
     ],
 )
