@@ -207,9 +207,9 @@ def refusal(request: web.BaseRequest, user: str, decision: Decision) -> web.Resp
         "then sign in here with that one.",
         [
             Action("Sign out", "/oauth2/sign_out", primary=True, post=True),
-            Action(
-                "Switch account", "/oauth2/sign_out?rd=%2Foauth2%2Fstart", post=True
-            ),
+            # A link: a form could not follow the redirect on to reddit (CSP
+            # form-action), a plain navigation can.
+            Action("Switch account", "/oauth2/sign_out?rd=%2Foauth2%2Fstart"),
         ],
     )
 

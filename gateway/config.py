@@ -243,13 +243,19 @@ _COOKIE_NAME_CHARS = _USERNAME_CHARS | frozenset("!#$%&'*+.^`|~")
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (if any), apply GATEWAY_* overrides, validate everything.
+def load_config(
+    path: str | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read the TOML file (or an already parsed `document`), apply GATEWAY_*
+    overrides, validate everything.
 
     Raises ConfigError naming the first key that is wrong.
     """
     environ = os.environ if environ is None else environ
-    raw: dict[str, Any] = {}
+    raw: Mapping[str, Any] = document or {}
     if path:
         try:
             with open(path, "rb") as f:

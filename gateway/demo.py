@@ -19,6 +19,8 @@ DEMO_CLIENT_SECRET = "demo-client-secret-not-a-real-secret"
 def demo_config(port: int, reddit_url: str, upstream_url: str) -> Config:
     """A complete configuration for the demo, validated like any other."""
     public_url = f"http://localhost:{port}"
+    # A moderators-only corner, so that the demo can show a refusal too.
+    routes = {"access": {"routes": [{"prefix": "/mods", "moderators_of": ["demo"]}]}}
     return load_config(
         None,
         {
@@ -35,6 +37,7 @@ def demo_config(port: int, reddit_url: str, upstream_url: str) -> Config:
             "GATEWAY_SESSION_SECRET": secrets.token_urlsafe(32),
             "GATEWAY_SESSION_COOKIE_SECURE": "false",
         },
+        document=routes,
     )
 
 
@@ -121,6 +124,9 @@ button {{ font: inherit; padding: .4rem 1rem; border-radius: 999px;
 <p>This page is the demo <em>upstream app</em>. It never saw an OAuth token: the
 gateway told it who you are in the <code>X-Reddit-User</code> header.
 You asked for <code>{path}</code>.</p>
+<p>Try <a href="/mods/">the moderators' corner</a>: the gateway lets in only
+moderators of r/demo (say so under "More about this account" on the consent
+page), and shows everyone else why not.</p>
 <form method="post" action="/oauth2/sign_out"><button type="submit">Sign out</button>
 </form>
 <h2>Headers the app received</h2><table>{rows}</table></body></html>

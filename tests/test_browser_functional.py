@@ -295,3 +295,27 @@ def test_a_script_fetch_gets_401_json_until_the_user_signs_in(
     assert signed_out["status"] == 401
     assert not signed_out["redirected"]
     assert signed_out["body"]["error"] == "unauthorized"
+
+
+def test_the_moderators_corner_refuses_others_and_admits_moderators(
+    demo: DemoProcess, page: Page, screenshots: Path
+) -> None:
+    sign_in(page, demo, "Not_A_Mod")
+    with page.expect_response(lambda r: r.url.endswith("/mods/")) as answer:
+        page.get_by_role("link", name="the moderators' corner").click()
+
+    assert answer.value.status == 403
+    expect(page.locator("main")).to_contain_text("u/Not_A_Mod")
+    expect(page.locator("main")).to_contain_text("r/demo")
+    expect(page.get_by_role("link", name="Switch account")).to_be_visible()
+    page.screenshot(path=screenshots / "5-refused.png", full_page=True)
+
+    page.get_by_role("link", name="Switch account").click()
+    expect_consent_page(page, demo)
+    page.get_by_label("Username").fill("Demo_Mod")
+    page.locator("summary").click()
+    page.get_by_label("Moderator of").fill("demo")
+    page.get_by_role("button", name="Allow").click()
+    page.goto(f"{demo.url}mods/")
+
+    expect(page.locator("#user")).to_have_text("Demo_Mod")
