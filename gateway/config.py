@@ -49,6 +49,9 @@ class ServerConfig:
     redirect_url: str  # byte for byte as registered at reddit
     callback_path: str
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    workers: int = 1
+    shutdown_timeout: float = 30.0
+    sign_in_page: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,11 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = ""  # host:port of the Prometheus endpoint; "": off
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     upstream: UpstreamConfig
@@ -151,6 +159,7 @@ class Config:
     access: AccessConfig
     log: LogConfig
     assertion: AssertionConfig = AssertionConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # The schema: every key, its type and its default. A default of None means
@@ -161,6 +170,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "public_url": ("str", None),
         "redirect_url": ("str", ""),
         "trusted_proxies": ("list", []),
+        "workers": ("int", 0),
+        "shutdown_timeout": ("float", 30.0),
+        "sign_in_page": ("bool", False),
     },
     "upstream": {
         "url": ("str", "http://127.0.0.1:8080"),
@@ -226,6 +238,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "log": {
         "level": ("str", "info"),
         "format": ("str", "text"),
+    },
+    "metrics": {
+        "listen": ("str", ""),
     },
 }
 
@@ -406,6 +421,7 @@ def _build(values: Mapping[str, Any]) -> Config:
         session=session,
         access=access,
         assertion=_build_assertion(get),
+        metrics=_build_metrics(get),
         log=LogConfig(
             level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
             format=_one_of("log.format", get("log.format").lower(), ("text", "json")),
@@ -451,7 +467,21 @@ def _build_server(get: Any) -> ServerConfig:
         redirect_url=redirect_url,
         callback_path=redirect.raw_path,
         trusted_proxies=tuple(proxies),
+        workers=_workers(get("server.workers")),
+        shutdown_timeout=_positive(
+            "server.shutdown_timeout", get("server.shutdown_timeout")
+        ),
+        sign_in_page=get("server.sign_in_page"),
     )
+
+
+def _workers(count: int) -> int:
+    """0 means one worker per CPU this process may use (a container's limit)."""
+    if count < 0 or count > 64:
+        raise ConfigError("server.workers", "must be 0 (one per CPU) to 64")
+    if count:
+        return count
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def _build_upstream(get: Any) -> UpstreamConfig:
@@ -501,6 +531,13 @@ def _build_upstream(get: Any) -> UpstreamConfig:
         ),
         pass_access_token=get("upstream.pass_access_token"),
     )
+
+
+def _build_metrics(get: Any) -> MetricsConfig:
+    listen = get("metrics.listen")
+    if listen:
+        _listen_address(listen, key="metrics.listen")
+    return MetricsConfig(listen=listen)
 
 
 def _build_assertion(get: Any) -> AssertionConfig:
@@ -875,10 +912,10 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
     return url.scheme, (url.host or "").lower(), url.port
 
 
-def _listen_address(text: str) -> tuple[str, int]:
+def _listen_address(text: str, key: str = "server.listen") -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError("server.listen", f"{text!r} is not host:port")
+        raise ConfigError(key, f"{text!r} is not host:port")
     host = host.removeprefix("[").removesuffix("]")
     return host or "0.0.0.0", int(port_text)  # noqa: S104 (a sidecar listens on all)
 
