@@ -3,16 +3,20 @@
 # GATEWAY_* environment variables and/or a TOML file named by GATEWAY_CONFIG.
 FROM python:3.12-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# No .pyc written at run time (they are compiled at install, below), no pip cache.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-compile . && rm -rf /app/* \
+RUN pip install . && rm -rf /app/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 
 USER 10001:10001
 EXPOSE 4180
-HEALTHCHECK --interval=30s --timeout=3s --start-period=5s CMD ["python", "-c", \
-    "import os, urllib.request; port = os.environ.get('GATEWAY_SERVER_LISTEN', ':4180').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/oauth2/ping', timeout=2)"]
+# Probes /oauth2/ping on the port the gateway listens on, read from the same
+# configuration (GATEWAY_SERVER_LISTEN, or server.listen in GATEWAY_CONFIG).
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s \
+    CMD ["python", "-m", "gateway.healthcheck"]
 ENTRYPOINT ["reddit-gateway"]
 CMD ["serve"]

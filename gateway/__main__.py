@@ -12,14 +12,12 @@ import secrets
 import sys
 import time
 
-from aiohttp import web
-
 from gateway import __version__
-from gateway.app import build_app, server_options
 from gateway.config import Config, config_warnings, describe, load_config
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.log import setup_logging
 from gateway.redis_store import RedisStore
+from gateway.server import event_loop, serve
 
 log = logging.getLogger("gateway")
 _USERNAME = re.compile(r"[A-Za-z0-9_-]{3,20}")
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sessions":
         return revoke_sessions(config, args.user)
-    return run_gateway(config)
+    return run_gateway(config, args.config)
 
 
 def revoke_sessions(config: Config, user: str) -> int:
@@ -125,28 +123,22 @@ async def _revoke_user(config: Config, user: str) -> int:
         await store.close()
 
 
-def run_gateway(config: Config) -> int:
+def run_gateway(config: Config, config_path: str | None = None) -> int:
+    """`serve`: run until SIGTERM; SIGHUP reloads `config_path` (see server.py)."""
     setup_logging(config.log.level, config.log.format)
     log.info(
-        "reddit-gateway %s starting on %s:%s for %s, upstream %s",
+        "reddit-gateway %s starting on %s:%s for %s, upstream %s, %s worker%s, "
+        "%s event loop",
         __version__,
         config.server.listen_host,
         config.server.listen_port,
         config.server.public_url,
         config.upstream.url,
+        config.server.workers,
+        "" if config.server.workers == 1 else "s",
+        event_loop()[0],
     )
-    try:
-        web.run_app(
-            build_app(config),
-            host=config.server.listen_host,
-            port=config.server.listen_port,
-            print=None,
-            **server_options(),
-        )
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", config.server.listen_port, exc.strerror)
-        return 1
-    return 0
+    return serve(config, config_path)
 
 
 def _demo_port(text: str) -> int:

@@ -6,7 +6,6 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -22,23 +21,22 @@ from gateway.auth import (
 )
 from gateway.config import Config
 from gateway.endpoints import Endpoints
+from gateway.fair_share import OpenRequests
 from gateway.headers import forwarded_facts, upstream_request_headers
 from gateway.log import UPSTREAM_ROUTE, USER_KEY, access_log_options, auth_event
 from gateway.login_state import LoginStates
-from gateway.policy import Policy
-from gateway.proxy import REQUEST_LIMITS, UpstreamProxy
+from gateway.metrics import Metrics
+from gateway.pages import json_error
+from gateway.proxy import REQUEST_LIMITS
 from gateway.reddit import RedditClient
 from gateway.redis_store import RedisStore
+from gateway.reloadable import RELOADABLE, Reloadable, UpstreamClients
 from gateway.renewal import SessionRenewal
 from gateway.session import SessionCodec
 from gateway.session_store import CookieStore, SessionStorage, SessionStore
-from gateway.upstream_session import make_upstream_session
-from gateway.websocket import (
-    WEBSOCKETS,
-    WebSocketRelay,
-    is_websocket_upgrade,
-    make_websocket_session,
-)
+from gateway.websocket import is_websocket_upgrade
+
+log = logging.getLogger("gateway.proxy")
 
 
 async def build_app(
@@ -58,15 +56,6 @@ async def build_app(
     if reddit_session is None:
         reddit_session = make_reddit_session()
         owned.append(reddit_session)
-    if upstream_session is None:
-        upstream_session = make_upstream_session(config.upstream)
-        owned.append(upstream_session)
-    websocket_session = make_websocket_session(config.upstream)
-    owned.append(websocket_session)
-    # /oauth2/ready gets connections of its own: a busy pool must not make the
-    # gateway look dead to its orchestrator.
-    probe_session = make_upstream_session(replace(config.upstream, max_connections=2))
-    owned.append(probe_session)
 
     secrets = config.session.secrets
     store = make_store(config, clock)
@@ -80,9 +69,20 @@ async def build_app(
         clock,
     )
     storage = SessionStorage(store, config.session, clock)
-    policy = Policy(config.access, clock)
+
+    def own_cookie(name: str) -> bool:
+        return name == config.session.cookie_name or states.is_gateway_cookie(name)
+
+    # What a SIGHUP may change: read per request, never kept.
+    reloadable = Reloadable(config, clock, own_cookie, upstream_session)
     signer = make_signer(config, clock)
-    reddit = RedditClient(config.reddit, config.server.redirect_url, reddit_session)
+    metrics = Metrics() if config.metrics.listen else None
+    reddit = RedditClient(
+        config.reddit,
+        config.server.redirect_url,
+        reddit_session,
+        on_call=None if metrics is None else metrics.count_reddit_call,
+    )
     login = LoginStarter(states, reddit)
     renewal = SessionRenewal(
         store=store,
@@ -90,19 +90,18 @@ async def build_app(
         refreshable=config.reddit.duration == "permanent",
         idle_timeout=config.session.idle_timeout,
         clock=clock,
-        policy=policy,
-        recheck_interval=config.access.recheck_interval,
-        recheck_grace=config.access.recheck_grace,
+        policy=lambda: reloadable.policy,
     )
     authenticator = Authenticator(
         store=store,
         renewal=renewal,
         session_config=config.session,
-        policy=policy,
+        policy=lambda: reloadable.policy,
         login=login,
         public_url=config.server.public_url,
         endpoint_mw=session_middleware(storage),
         clock=clock,
+        sign_in_page=config.server.sign_in_page,
     )
     endpoints = Endpoints(
         config=config,
@@ -110,41 +109,22 @@ async def build_app(
         states=states,
         login=login,
         authenticator=authenticator,
-        policy=policy,
+        policy=lambda: reloadable.policy,
         store=store,
-        upstream_session=lambda: probe_session,
+        upstream=lambda: reloadable.upstream,
         signer=signer,
         clock=clock,
     )
-
-    def own_cookie(name: str) -> bool:
-        return name == config.session.cookie_name or states.is_gateway_cookie(name)
-
-    websockets = WebSocketRelay(
-        config.upstream,
-        websocket_session,
-        public_url=config.server.public_url,
-        is_own_cookie=own_cookie,
-    )
     app = web.Application(middlewares=[store_outage, authenticator.middleware])
-    app[WEBSOCKETS] = websockets
-    app.on_shutdown.append(websockets.close_all)
+    app[RELOADABLE] = reloadable
+    app.on_shutdown.append(reloadable.close_websockets)
     app.on_response_prepare.append(authenticator.send_pending_cookie)
     app.router.add_routes(endpoints.routes())
     app.router.add_route(
         "*",
         "/{tail:.*}",
         upstream_handler(
-            config,
-            UpstreamProxy(
-                config.upstream,
-                upstream_session,
-                own_cookie,
-                public_url=config.server.public_url,
-            ),
-            websockets,
-            own_cookie,
-            signer=signer,
+            config, lambda: reloadable.upstream, own_cookie, signer=signer
         ),
         name=UPSTREAM_ROUTE,
     )
@@ -154,8 +134,16 @@ async def build_app(
             await session.close()
         for owned_store in owned_stores:
             await owned_store.close()
+        await reloadable.close()
 
     app.on_cleanup.append(close_sessions)
+    if metrics is not None:
+        metrics.install(
+            app,
+            config.metrics.listen,
+            ratelimit_remaining=lambda: reddit.ratelimit_remaining,
+            open_websockets=lambda: reloadable.open_websockets,
+        )
     return app
 
 
@@ -171,13 +159,21 @@ def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
     return CookieStore(codec, clock)
 
 
+def default_audience(config: Config) -> str:
+    """The app's address as configured: upstream.url without a trailing slash."""
+    upstream = config.upstream
+    if upstream.unix_socket:
+        return f"unix://{upstream.unix_socket}"
+    return str(upstream.url).rstrip("/")
+
+
 def make_signer(config: Config, clock: Callable[[], float]) -> AssertionSigner | None:
     if not config.assertion.enabled:
         return None
     return AssertionSigner(
         config.assertion,
         issuer=str(config.server.public_url),
-        default_audience=str(config.upstream.url),
+        default_audience=default_audience(config),
         clock=clock,
     )
 
@@ -190,18 +186,33 @@ def make_reddit_session() -> aiohttp.ClientSession:
 
 def upstream_handler(
     config: Config,
-    proxy: UpstreamProxy,
-    websockets: WebSocketRelay,
+    upstream: Callable[[], UpstreamClients],
     own_cookie: Callable[[str], bool],
     *,
     signer: AssertionSigner | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     trusted = config.server.trusted_proxies
-    pass_token = config.upstream.pass_access_token
     assertion_header = config.assertion.header
+    open_requests = OpenRequests(config.upstream.max_requests_per_user)
 
     async def forward(request: web.Request) -> web.StreamResponse:
         user = request.get(USER_KEY)  # None on a public route
+        if user is None:
+            return await relay(request, None)
+        if not open_requests.enter(user):
+            log.warning("too_many_open_requests user=%s", user)
+            return json_error(
+                429,
+                "too_many_requests",
+                "Your account has too many requests open at once; close some tabs.",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            return await relay(request, user)
+        finally:
+            open_requests.leave(user)
+
+    async def relay(request: web.Request, user: str | None) -> web.StreamResponse:
         facts = forwarded_facts(
             request.headers, request.remote, request.scheme, request.host, trusted
         )
@@ -216,15 +227,18 @@ def upstream_handler(
                 client=request.remote or "-",
                 headers=",".join(spoofed),
             )
+        clients = upstream()  # this request's upstream, even if a reload comes
         session = request.get(SESSION_KEY)
         if session is not None:
             if signer is not None:
                 token = signer.token_for(session.user, session.user_id)
                 headers[assertion_header] = token
+            pass_token = clients.config.pass_access_token
             if pass_token and session.access_token is not None:
                 headers["X-Reddit-Access-Token"] = session.access_token.reveal()
-        if is_websocket_upgrade(request):
-            return await websockets.relay(request, headers)
-        return await proxy.forward(request, headers)
+        with clients:
+            if is_websocket_upgrade(request):
+                return await clients.websockets.relay(request, headers)
+            return await clients.proxy.forward(request, headers)
 
     return forward

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 from yarl import URL
 
 from gateway.config import SessionConfig
 from gateway.errors import SessionStoreUnavailable
-from gateway.log import UPSTREAM_ROUTE, USER_KEY, auth_event
+from gateway.log import (
+    STILL_ALLOWED,
+    UPSTREAM_KEY,
+    UPSTREAM_ROUTE,
+    USER_KEY,
+    auth_event,
+)
 from gateway.login_state import LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.policy import Decision, Policy, Route, UserFacts
@@ -82,11 +89,12 @@ class Authenticator:
         store: SessionStore,
         renewal: SessionRenewal,
         session_config: SessionConfig,
-        policy: Policy,
+        policy: Callable[[], Policy],
         login: LoginStarter,
         public_url: URL,
         endpoint_mw: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]],
         clock: Callable[[], float],
+        sign_in_page: bool = False,
     ) -> None:
         self._store = store
         self._renewal = renewal
@@ -97,6 +105,7 @@ class Authenticator:
         self._public_url = public_url
         self._endpoint_mw = endpoint_mw
         self._clock = clock
+        self._sign_in_page = sign_in_page
 
     async def current(self, request: web.BaseRequest) -> SessionPayload | None:
         """The signed-in session, if any; never calls reddit."""
@@ -110,7 +119,7 @@ class Authenticator:
 
     def decide(self, payload: SessionPayload, route: Route | None = None) -> Decision:
         facts = payload.facts or UserFacts(name=payload.user)
-        return self._policy.decide(facts, route)
+        return self._policy().decide(facts, route)
 
     @web.middleware
     async def middleware(
@@ -118,7 +127,8 @@ class Authenticator:
     ) -> web.StreamResponse:
         if request.match_info.route.name != UPSTREAM_ROUTE:
             return await self._endpoint_mw(request, handler)
-        route = self._policy.route_for(request.raw_path)
+        request[UPSTREAM_KEY] = True
+        route = self._policy().route_for(request.raw_path)
         if route.public:
             return await handler(request)  # no identity; spoofs still scrubbed
 
@@ -147,11 +157,28 @@ class Authenticator:
 
         request[USER_KEY] = payload.user
         request[SESSION_KEY] = payload
+        if "Upgrade" in request.headers:
+
+            async def still_allowed() -> bool:
+                return await self._still_allowed(handle, route)
+
+            request[STILL_ALLOWED] = still_allowed
         return await handler(request)
+
+    async def _still_allowed(self, handle: str, route: Route) -> bool:
+        """For a websocket: is the session it opened with still signed in and
+        allowed? A store that cannot answer counts as no (fail closed)."""
+        try:
+            payload = await self._store.load(handle)
+        except SessionStoreUnavailable:
+            return False
+        if payload is None or self._renewal.is_idle(payload):
+            return False
+        return self.decide(payload, route).allowed
 
     def _ended(self, request: web.Request) -> web.Response:
         """The session is over: forget its cookie, then as if there were none."""
-        response = self.challenge(request)
+        response = self.challenge(request, ended=True)
         self.write_cookie(response, "", 0)
         return response
 
@@ -181,17 +208,39 @@ class Authenticator:
             morsel = holder.cookies[self._cookie_name]
             response.headers.add("Set-Cookie", morsel.output(header="")[1:])
 
-    def challenge(self, request: web.Request) -> web.Response:
-        """No valid session: a browser goes to reddit, anything else gets 401."""
-        if is_navigation(request):
-            return self._login.redirect(
-                return_target(request.raw_path, self._public_url)
+    def challenge(self, request: web.Request, *, ended: bool = False) -> web.Response:
+        """No valid session: a browser goes to reddit (or to the sign-in page),
+        anything else gets 401."""
+        if not is_navigation(request):
+            return json_error(
+                401,
+                "unauthorized",
+                "Sign in with reddit first: open /oauth2/start in a browser.",
+                headers={"WWW-Authenticate": 'Cookie realm="reddit-gateway"'},
             )
-        return json_error(
-            401,
-            "unauthorized",
-            "Sign in with reddit first: open /oauth2/start in a browser.",
-            headers={"WWW-Authenticate": 'Cookie realm="reddit-gateway"'},
+
+        target = return_target(request.raw_path, self._public_url)
+        if not self._sign_in_page:
+            return self._login.redirect(target)
+        if len(target) > MAX_RETURN_CHARS:
+            target = "/"
+        lead = "Your sign-in has ended. " if ended else ""
+        return page(
+            200,
+            "Sign in with reddit",
+            [
+                f"{lead}To continue to {self._public_url.host}, sign in with your "
+                "reddit account.",
+                "reddit will ask whether to share your account with this site, "
+                "then bring you back to this page.",
+            ],
+            [
+                Action(
+                    "Sign in with reddit",
+                    f"/oauth2/start?rd={quote(target, safe='')}",
+                    primary=True,
+                )
+            ],
         )
 
 
@@ -202,9 +251,11 @@ def refusal(request: web.BaseRequest, user: str, decision: Decision) -> web.Resp
     return page(
         403,
         "You can't open this page",
-        f"You are signed in as u/{user}. {decision.reason} "
-        "If another reddit account of yours is allowed, sign out of reddit.com, "
-        "then sign in here with that one.",
+        [
+            f"You are signed in as u/{user}. {decision.reason}",
+            "If another of your reddit accounts is allowed, sign out of reddit.com "
+            "first, then choose Switch account and sign in with that one.",
+        ],
         [
             Action("Sign out", "/oauth2/sign_out", primary=True, post=True),
             # A link: a form could not follow the redirect on to reddit (CSP
@@ -237,8 +288,12 @@ async def store_outage(request: web.Request, handler: Handler) -> web.StreamResp
     response = page(
         503,
         "Sign-in is unavailable right now",
-        "This app cannot check who you are because its session store is not "
-        "answering. Nothing was sent to the app. Reload this page in a moment.",
+        [
+            "This app cannot check who you are because its session store is not "
+            "answering. Nothing was sent to the app.",
+            "Try again in a moment.",
+        ],
+        [Action("Try again", "", primary=True)],  # "": this same address
     )
     response.headers.update(headers)
     return response

@@ -68,6 +68,8 @@ class UpstreamConfig:
     max_connections: int = 100
     keepalive_timeout: float = 4.0
     pass_access_token: bool = False
+    websocket_max_message: int = 4 * 1024 * 1024  # bytes, after decompression
+    max_requests_per_user: int = 64  # open requests and websockets; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_connections": ("int", 100),
         "keepalive_timeout": ("float", 4.0),
         "pass_access_token": ("bool", False),
+        "websocket_max_message": ("int", 4 * 1024 * 1024),
+        "max_requests_per_user": ("int", 64),
     },
     "reddit": {
         "client_id": ("str", None),
@@ -421,7 +425,7 @@ def _build(values: Mapping[str, Any]) -> Config:
         session=session,
         access=access,
         assertion=_build_assertion(get),
-        metrics=_build_metrics(get),
+        metrics=_build_metrics(get, server.workers),
         log=LogConfig(
             level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
             format=_one_of("log.format", get("log.format").lower(), ("text", "json")),
@@ -530,13 +534,32 @@ def _build_upstream(get: Any) -> UpstreamConfig:
             "upstream.keepalive_timeout", get("upstream.keepalive_timeout")
         ),
         pass_access_token=get("upstream.pass_access_token"),
+        websocket_max_message=_at_least(
+            "upstream.websocket_max_message", get("upstream.websocket_max_message"), 0
+        ),
+        max_requests_per_user=_at_least(
+            "upstream.max_requests_per_user", get("upstream.max_requests_per_user"), 0
+        ),
     )
 
 
-def _build_metrics(get: Any) -> MetricsConfig:
+def _at_least(key: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise ConfigError(key, f"must be {minimum} or more")
+    return value
+
+
+def _build_metrics(get: Any, workers: int) -> MetricsConfig:
     listen = get("metrics.listen")
     if listen:
         _listen_address(listen, key="metrics.listen")
+    if listen and workers != 1:
+        # TODO(metrics across workers): lift once workers' counts are merged.
+        raise ConfigError(
+            "metrics.listen",
+            f"each worker process counts only its own requests, and server.workers "
+            f"gives {workers}; set server.workers = 1 to serve metrics",
+        )
     return MetricsConfig(listen=listen)
 
 

@@ -25,16 +25,23 @@ from gateway.errors import (
     RedditUnavailable,
 )
 from gateway.facts import gather_facts
+from gateway.fair_share import TokenBucket
 from gateway.log import USER_KEY, auth_event
 from gateway.login_state import LoginState, LoginStates
 from gateway.pages import Action, json_error, page
 from gateway.policy import Policy
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
+from gateway.reloadable import UpstreamClients
 from gateway.session import SessionPayload, payload_from_session, store_payload
 from gateway.session_store import SessionStore
 
 log = logging.getLogger("gateway")
+
+# Code redemptions per second (and in a burst) across all users: far above
+# what real sign-ins need, far below what would get the client id throttled.
+SIGN_INS_PER_SECOND = 10.0
+SIGN_IN_BURST = 50
 
 _STATE_PROBLEMS = {
     "missing": "This sign-in link is incomplete.",
@@ -54,9 +61,9 @@ class Endpoints:
         states: LoginStates,
         login: LoginStarter,
         authenticator: Authenticator,
-        policy: Policy,
+        policy: Callable[[], Policy],
         store: SessionStore,
-        upstream_session: Callable[[], aiohttp.ClientSession],
+        upstream: Callable[[], UpstreamClients],
         clock: Callable[[], float],
         signer: AssertionSigner | None = None,
     ) -> None:
@@ -67,7 +74,8 @@ class Endpoints:
         self._auth = authenticator
         self._store = store
         self._policy = policy
-        self._upstream_session = upstream_session
+        self._sign_ins = TokenBucket(SIGN_INS_PER_SECOND, SIGN_IN_BURST, clock)
+        self._upstream = upstream
         self._clock = clock
         self._jwks = signer.jwks() if signer is not None else None
         self._public_url = config.server.public_url
@@ -123,15 +131,33 @@ class Endpoints:
             error = query["error"][:64]
             auth_event("login_failed", reason=f"reddit_{error}")
             if error == "access_denied":
-                message = "You declined to share your reddit identity with this app."
+                message = [
+                    "You declined to share your reddit identity with this app.",
+                    "To use the app, try again and choose Allow on reddit.",
+                ]
                 return page(403, "Sign-in cancelled", message, [retry])
-            message = f"reddit could not sign you in (it answered {error!r})."
+            message = [
+                f"reddit could not sign you in (it answered {error!r}).",
+                "Try again. If it keeps happening, tell whoever runs this app.",
+            ]
             return page(403, "reddit refused the sign-in", message, [retry])
         code = query.get("code")
         if not code:
             auth_event("login_failed", reason="code_missing")
-            return page(400, "Sign-in incomplete", "reddit sent no code.", [retry])
+            no_code = "reddit sent you back without a sign-in code. Try again."
+            return page(400, "Sign-in incomplete", no_code, [retry])
 
+        # SECURITY: reddit call amplification: anyone can mint states and send
+        # junk codes, each costing a token call on the operator's client id.
+        if not self._sign_ins.take():
+            auth_event("login_failed", reason="too_many_sign_ins")
+            return page(
+                429,
+                "Too many sign-ins right now",
+                "This app is handling a lot of sign-ins at the moment. Wait a few "
+                "seconds and try again.",
+                [retry],
+            )
         try:
             grant = await self._reddit.redeem_code(code)
         except RedditError as exc:
@@ -142,14 +168,15 @@ class Endpoints:
             auth_event("login_failed", reason="scopes_not_granted", missing=missing)
             return page(
                 403,
-                "reddit granted too little",
+                "reddit shared too little",
                 "This app needs reddit to share more than it did (missing: "
-                f"{', '.join(missing)}). Sign in again and allow everything asked.",
+                f"{', '.join(missing)}). Try again and allow everything reddit "
+                "asks for.",
                 [retry],
             )
         try:
             facts = await gather_facts(
-                self._reddit, grant.access_token, self._policy, grant.scopes
+                self._reddit, grant.access_token, self._policy(), grant.scopes
             )
         except RedditError as exc:
             auth_event("login_failed", reason=exc.reason)
@@ -177,9 +204,10 @@ class Endpoints:
                 502,
                 "Sign-in could not be saved",
                 "reddit's tokens for this account are too large to keep in a cookie. "
-                "If you run this gateway, ask for fewer scopes or use "
-                'duration = "temporary".',
+                "Please tell whoever runs this app.",
                 [retry],
+                note="If you run this gateway: ask for fewer scopes, or set "
+                'reddit.duration = "temporary".',
             )
         # SECURITY: session fixation: a signed-in session always starts anew.
         session = await new_session(request)
@@ -188,7 +216,7 @@ class Endpoints:
 
         decision = self._auth.decide(payload)
         if not decision.allowed:
-            auth_event("denied", user=identity.name, rule=decision.rule)
+            auth_event("denied", user=identity.name, rule=decision.rule, at="login")
             return refusal(request, identity.name, decision)
         # reddit ends its redirect to us with "#_"; a browser keeps that fragment
         # across our redirect unless the Location carries one of its own.
@@ -299,17 +327,23 @@ class Endpoints:
         )
 
     async def ping(self, request: web.Request) -> web.Response:
+        if not _exact_path(request, "/oauth2/ping"):
+            return await self.not_found(request)
         return web.Response(text="OK")
 
     async def ready(self, request: web.Request) -> web.Response:
         """Ready when the upstream answers HTTP at all, whatever its status, and
         the session store answers."""
-        url = self._config.upstream.url
+        if not _exact_path(request, "/oauth2/ready"):
+            return await self.not_found(request)
+        clients = self._upstream()
+        url = clients.config.url
         upstream = "unreachable"
         try:
-            async with asyncio.timeout(min(5.0, self._config.upstream.timeout)):
-                async with self._upstream_session().get(url, allow_redirects=False):
-                    upstream = "ok"  # any HTTP answer; its status is the app's own
+            with clients:
+                async with asyncio.timeout(min(5.0, clients.config.timeout)):
+                    async with clients.probe.get(url, allow_redirects=False):
+                        upstream = "ok"  # any HTTP answer; its status is the app's own
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("not ready: upstream %s: %s", url, type(exc).__name__)
 
@@ -324,6 +358,13 @@ class Endpoints:
 
     async def not_found(self, request: web.Request) -> web.Response:
         return json_error(404, "not_found", "No such gateway endpoint.")
+
+
+def _exact_path(request: web.Request, path: str) -> bool:
+    """True when the request names path exactly, as sent: the router matches the
+    decoded path, so /oauth2/%70ing would reach the ping too."""
+    # SECURITY: health-check confusion: only the one spelling is a probe.
+    return request.rel_url.raw_path == path
 
 
 async def _form_field(request: web.Request, name: str) -> str | None:
@@ -358,22 +399,23 @@ def _reddit_failure_page(exc: RedditError, retry: Action) -> web.Response:
             message += "see. Sign in again and allow everything it asks for."
         else:
             message = "reddit did not tell us which account you are, so you can't "
-            message += "sign in with it."
+            message += "sign in with it. Try again, or sign in with another account."
         return page(403, "This account can't sign in", message, [retry])
     if isinstance(exc, RedditClientRejected):
         return page(
             502,
             "Sign-in is misconfigured",
-            "reddit refused this app's credentials. If you run this gateway, check "
-            "reddit.client_id and reddit.client_secret against your app at "
-            "reddit.com/prefs/apps.",
+            "reddit refused this app's credentials, so nobody can sign in right "
+            "now. Please tell whoever runs this app.",
             [retry],
+            note="If you run this gateway: check reddit.client_id and "
+            "reddit.client_secret against your app at reddit.com/prefs/apps.",
         )
     if isinstance(exc, RedditUnavailable):
         return page(
             502,
             "reddit is not answering",
-            "reddit is unavailable or busy right now. Wait a moment and try again.",
+            "reddit is unavailable or busy right now. Wait a moment, then try again.",
             [retry],
         )
     return page(

@@ -52,6 +52,12 @@ IDENTITY_CLAIMS = frozenset(
         "x-auth-request-groups",
         "x-auth-request-preferred-username",
         "x-auth-request-access-token",
+        "x-webauth-user",
+        "x-authenticated-user",
+        "x-auth-user",
+        "x-username",
+        "x-email",
+        "x-remote-email",
     }
 )
 # Claims about the client's address or the original URL that apps and frameworks
@@ -68,6 +74,14 @@ CLIENT_CLAIMS = frozenset(
         "x-original-url",
         "x-original-uri",
         "x-rewrite-url",
+        "x-forwarded-path",
+        "x-envoy-original-path",
+        "x-forwarded",
+        "x-original-forwarded-for",
+        "client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
     }
 )
 _NOT_PASSED = _GATEWAY_SET | CLIENT_CLAIMS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,14 @@ AUTH_EVENTS = frozenset(
 )
 
 USER_KEY = web.RequestKey("gateway_user", str)
+# Seconds from sending a request upstream to the upstream's response headers.
+UPSTREAM_SECONDS = web.RequestKey("gateway_upstream_seconds", float)
 UPSTREAM_ROUTE = "upstream"  # the name of the catch-all route to the app
+UPSTREAM_KEY = web.RequestKey("gateway_upstream", bool)  # routed to the app
+# For a long-lived request (a websocket): is its session still good to go on?
+STILL_ALLOWED: web.RequestKey[Callable[[], Awaitable[bool]]] = web.RequestKey(
+    "gateway_still_allowed"
+)
 
 
 def auth_event(event: str, level: int = logging.INFO, **fields: object) -> None:
@@ -94,6 +102,9 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         )
+    # The level is the handler's too: metrics lower a logger's level to count
+    # events that this output must still leave out.
+    handler.setLevel(level.upper())
     handler.addFilter(BadRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -102,7 +113,8 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: client, user, method, path, status, bytes, time.
+    """One line per request: client, user, method, path, status, bytes, time, and
+    the time the upstream took to answer with its headers ("-": not asked).
 
     The query string of the gateway's own endpoints is never logged: it carries
     codes and state. Which endpoint it was is judged by the route aiohttp chose,
@@ -115,7 +127,11 @@ class AccessLogger(AbstractAccessLogger):
         path = request.raw_path
         if not _is_upstream(request):
             path = path.partition("?")[0]
-        user = request.get(USER_KEY, "-") if isinstance(request, web.Request) else "-"
+        user, upstream = "-", None
+        if isinstance(request, web.Request):
+            user = request.get(USER_KEY, "-")
+            upstream = request.get(UPSTREAM_SECONDS)
+        upstream_ms = None if upstream is None else round(upstream * 1000, 2)
         fields = {
             "client": request.remote or "-",
             "user": user,
@@ -124,9 +140,10 @@ class AccessLogger(AbstractAccessLogger):
             "status": response.status,
             "bytes": response.body_length,
             "duration_ms": round(time * 1000, 2),
+            "upstream_ms": upstream_ms,
         }
         self.logger.info(
-            '%s %s "%s %s" %s %s %.2fms',
+            '%s %s "%s %s" %s %s %.2fms upstream=%s',
             fields["client"],
             user,
             request.method,
@@ -134,6 +151,7 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time * 1000,
+            "-" if upstream_ms is None else f"{upstream_ms:.2f}ms",
             extra={"access": fields},
         )
 
@@ -143,10 +161,9 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def _is_upstream(request: web.BaseRequest) -> bool:
-    if not isinstance(request, web.Request):
-        return False
-    route = request.match_info.route
-    return route is not None and route.name == UPSTREAM_ROUTE
+    # Set by the auth middleware; a request that never got that far (a
+    # malformed one, say) counts as the gateway's own.
+    return request.get(UPSTREAM_KEY) is True
 
 
 class BadRequestFilter(logging.Filter):

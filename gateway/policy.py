@@ -87,6 +87,12 @@ class Policy:
             for name in getattr(rules, key)
         )
         self.needs_facts_refresh = bool(recheck_rule_keys(access))
+        # Seconds between re-checks of a session's facts (0: none is needed), and
+        # how long a last decision outlives reddit's outage.
+        self.recheck_interval = (
+            access.recheck_interval if self.needs_facts_refresh else 0
+        )
+        self.recheck_grace = access.recheck_grace
 
         deny, rest = _compile(access, "access", "app", clock)
         if not access.allow_suspended:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -23,6 +24,7 @@ from gateway.body_watch import (
 )
 from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
+from gateway.log import UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
 
@@ -47,7 +49,10 @@ def has_dot_segment(target: str) -> bool:
         return False  # the common case, without decoding
     decoded = unquote(path).replace("\\", "/")
     return any(
-        segment.partition(";")[0] in (".", "..") for segment in decoded.split("/")
+        # Servers differ in what they strip before resolving: params, NULs,
+        # trailing blanks. Judge the segment as the most lenient would.
+        segment.partition(";")[0].partition("\x00")[0].rstrip(" \t") in (".", "..")
+        for segment in decoded.split("/")
     )
 
 
@@ -113,6 +118,7 @@ class UpstreamProxy:
                 if upload is not None:
                     upload.deadline = deadline
                 try:
+                    sent_at = time.monotonic()
                     upstream = await self._session.request(
                         request.method,
                         url,
@@ -121,6 +127,7 @@ class UpstreamProxy:
                         skip_auto_headers=_SKIP_AUTO_HEADERS,
                         allow_redirects=False,
                     )
+                    request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
                 finally:
                     watch.stop()
                     if upload is not None:

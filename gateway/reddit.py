@@ -55,6 +55,10 @@ _UNAVAILABLE_STATUSES = frozenset({403, 429})
 LISTING_KINDS = frozenset({"moderator", "subscriber", "contributor"})
 LISTING_LIMIT = 100  # reddit's largest page
 
+# Told of every call to reddit: its name ("token", "revoke", "me", "mine/<kind>")
+# and the answer's status, None when none came (a timeout, a broken connection).
+CallObserver = Callable[[str, int | None], None]
+
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
@@ -82,6 +86,7 @@ class RedditClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        on_call: CallObserver | None = None,
     ) -> None:
         self._config = config
         self._redirect_uri = redirect_uri
@@ -90,6 +95,7 @@ class RedditClient:
         self._basic_auth = "Basic " + base64.b64encode(pair).decode("ascii")
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         self._ratelimit = RateLimit(config.timeout, clock=clock, sleep=sleep)
+        self._on_call = on_call
 
     @property
     def ratelimit_remaining(self) -> float | None:
@@ -266,6 +272,7 @@ class RedditClient:
         if data is not None:  # token and revoke: client authentication is Basic only
             sent["Authorization"] = self._basic_auth
 
+        status: int | None = None
         try:
             # SECURITY: credential leak via redirect: never follow one with our auth.
             async with self._session.request(
@@ -276,6 +283,7 @@ class RedditClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
+                status = response.status
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(64 * 1024):
                     body += chunk
@@ -296,6 +304,9 @@ class RedditClient:
         except aiohttp.ClientError as exc:
             name = type(exc).__name__
             raise RedditUnavailable(f"{call}: connection failed ({name})") from None
+        finally:
+            if self._on_call is not None:
+                self._on_call(call, status)
 
     def _refuse_failures(self, answer: _Answer) -> None:
         if answer.status == 401:

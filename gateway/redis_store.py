@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
@@ -43,6 +43,7 @@ _INDEX_PREFIX = "rg:u:"
 _CLAIM_PREFIX = "rg:r:"
 _RECORD_SALT = b"reddit-gateway redis session"
 _INDEX_PURPOSE = "redis-user-index"
+_RECORD_PURPOSE = "redis-session-record"
 
 # Writes a session and lists it in its user's index, in one atomic step. An
 # update ("XX") writes only a session that still exists, so a renewal that was
@@ -95,14 +96,19 @@ class Handle:
     def record_name(self) -> str:
         return _record_name(self.sid)
 
-    def fernet(self) -> Fernet:
+    def fernet(self, gateway_key: bytes) -> Fernet:
+        """The record's key: from the cookie's key AND the gateway's secret.
+
+        The cookie's key alone keeps a copy of redis unreadable; the gateway's
+        secret keeps someone who can write to redis from minting sessions.
+        """
         hkdf = HKDF(
             algorithm=hashes.SHA256(),
             length=32,
             salt=_RECORD_SALT,
             info=self.sid.encode("ascii"),
         )
-        return Fernet(base64.urlsafe_b64encode(hkdf.derive(self.key)))
+        return Fernet(base64.urlsafe_b64encode(hkdf.derive(self.key + gateway_key)))
 
 
 class RedisStore:
@@ -128,6 +134,9 @@ class RedisStore:
         # Every configured secret names an index, so revoke_user finds sessions
         # listed before a key rotation; the first secret names the one written.
         self._index_keys = [derive_key(s, _INDEX_PURPOSE) for s in index_secrets]
+        # SECURITY: session forgery by redis write access: records are sealed
+        # under the gateway's secret too; the first seals, any opens.
+        self._record_keys = [derive_key(s, _RECORD_PURPOSE) for s in index_secrets]
         self._clock = clock
         self._save_script = client.register_script(_SAVE)
 
@@ -156,7 +165,7 @@ class RedisStore:
             log.warning(_REFUSED, "unknown or ended")
             return None
 
-        opened = _open(parsed, record)
+        opened = _open(parsed, record, self._record_keys)
         if isinstance(opened, str):
             log.warning(_REFUSED, opened)
             return None
@@ -174,7 +183,8 @@ class RedisStore:
             handle = Handle.mint(sid)
 
         now = self._clock()
-        sealed = handle.fernet().encrypt_at_time(encode_payload(payload), int(now))
+        fernet = handle.fernet(self._record_keys[0])
+        sealed = fernet.encrypt_at_time(encode_payload(payload), int(now))
         lifetime = max(1, math.ceil(payload.expires_at - now))
         with _unavailable_on_error():
             await self._save_script(
@@ -192,7 +202,7 @@ class RedisStore:
             record = await self._redis.get(parsed.record_name)
             if record is None:
                 return
-            opened = _open(parsed, record)
+            opened = _open(parsed, record, self._record_keys)
             # SECURITY: forced sign-out: a cookie that cannot open the session
             # (its id with a made-up key) must not be able to end it.
             if isinstance(opened, str):
@@ -255,10 +265,13 @@ class RedisStore:
         ]
 
 
-def _open(handle: Handle, record: bytes | str) -> SessionPayload | str:
+def _open(
+    handle: Handle, record: bytes | str, gateway_keys: Sequence[bytes]
+) -> SessionPayload | str:
     """The payload sealed in record, or why it cannot be opened with handle."""
+    fernet = MultiFernet([handle.fernet(key) for key in gateway_keys])
     try:
-        payload = decode_payload(handle.fernet().decrypt(record))
+        payload = decode_payload(fernet.decrypt(record))
     except InvalidToken:
         return "tampered or other key"
     except ValueError as exc:

@@ -29,6 +29,7 @@ REFRESH_MARGIN = 60.0
 RETRY_AFTER = 30.0
 # A session's last-seen time is written at most this often (for idle_timeout).
 TOUCH_EVERY = 60.0
+_REMEMBERED_REFRESHES = 10_000
 # How long a replica waits for another replica's refresh of the same session.
 _PEER_WAIT = 5.0
 
@@ -54,21 +55,20 @@ class SessionRenewal:
         refreshable: bool,
         idle_timeout: int,
         clock: Callable[[], float],
-        policy: Policy | None = None,
-        recheck_interval: int = 0,
-        recheck_grace: int = 0,
+        policy: Callable[[], Policy] | None = None,
     ) -> None:
+        """``policy``: the access rules in force, asked at each use (a reload may
+        replace them); None: what they judge is never re-checked."""
         self._store = store
         self._reddit = reddit
         self._refreshable = refreshable
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._policy = policy
-        self._recheck_interval = recheck_interval if policy else 0
-        if policy is None or not policy.needs_facts_refresh:
-            self._recheck_interval = 0
-        self._recheck_grace = recheck_grace
         self._running: dict[str, asyncio.Task[Renewed]] = {}
+        # sid -> (the old token's expiry, the refresh's result, when): requests
+        # that still carry the pre-refresh cookie get that result, not a refresh.
+        self._refreshed: dict[str, tuple[float, Renewed, float]] = {}
         self._retry_at: dict[str, float] = {}
 
     def is_idle(self, payload: SessionPayload) -> bool:
@@ -86,6 +86,10 @@ class SessionRenewal:
         return self._store.needs_reissue(handle)
 
     async def renew(self, payload: SessionPayload, handle: str) -> Renewed:
+        recent = self._refreshed.get(payload.sid)
+        if recent is not None and recent[0] == payload.access_expires_at:
+            # SECURITY: refresh amplification: a stale cookie replays the answer.
+            return recent[1]
         key = payload.sid or handle
         task = self._running.get(key)
         if task is None:
@@ -103,9 +107,10 @@ class SessionRenewal:
         return self._retry_at.get(payload.sid, 0.0) <= now
 
     def _recheck_due(self, payload: SessionPayload, now: float) -> bool:
-        if not self._recheck_interval:
+        interval = self._policy().recheck_interval if self._policy else 0
+        if not interval:
             return False
-        if now - payload.checked_at < self._recheck_interval:
+        if now - payload.checked_at < interval:
             return False
         return self._retry_at.get(payload.sid, 0.0) <= now
 
@@ -162,12 +167,25 @@ class SessionRenewal:
         )
         new_handle = await self._store.save(renewed, handle)
         auth_event("refresh_ok", user=payload.user)
-        return Renewed(renewed, new_handle if new_handle != handle else None)
+        result = Renewed(renewed, new_handle if new_handle != handle else None)
+        self._remember(payload, result, now)
+        return result
+
+    def _remember(self, old: SessionPayload, result: Renewed, now: float) -> None:
+        if len(self._refreshed) >= _REMEMBERED_REFRESHES:
+            self._refreshed = {
+                sid: entry
+                for sid, entry in self._refreshed.items()
+                if entry[2] > now - REFRESH_MARGIN
+            }
+        if old.sid and len(self._refreshed) < _REMEMBERED_REFRESHES:
+            self._refreshed[old.sid] = (old.access_expires_at, result, now)
 
     async def _recheck(self, payload: SessionPayload) -> SessionPayload | None:
         """The payload with fresh facts; the old ones within the grace period if
         reddit cannot answer; None when the session must end (fail closed)."""
         assert self._policy is not None
+        policy = self._policy()
         now = self._clock()
         try:
             if payload.access_token is None:
@@ -175,7 +193,7 @@ class SessionRenewal:
             gathered = await gather_facts(
                 self._reddit,
                 payload.access_token,
-                self._policy,
+                policy,
                 frozenset(payload.scopes),
             )
         except (RedditGrantError, RedditIdentityError) as exc:
@@ -183,7 +201,7 @@ class SessionRenewal:
             return None
         except RedditError as exc:
             stale_for = now - payload.checked_at
-            if stale_for >= self._recheck_interval + self._recheck_grace:
+            if stale_for >= policy.recheck_interval + policy.recheck_grace:
                 auth_event("recheck_failed", user=payload.user, reason=exc.reason)
                 return None
             auth_event(

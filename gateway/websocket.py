@@ -17,8 +17,8 @@ crosses. What passes, and what each hop decides for itself:
   aiohttp keeps only the code). A Close without a code goes on as 1000. An end
   that vanishes without a Close is told to the other as 1001 (going away) to the
   app, 1014 (bad gateway) to the client;
-- messages of any size (aiohttp's default limit is 4 MiB; the ends keep their
-  own), each held whole while it crosses;
+- messages up to upstream.websocket_max_message once decompressed (a bigger one
+  closes the websocket with 1009), each held whole while it crosses;
 - no heartbeat and no receive timeout: an idle websocket lives until an end
   closes it (upstream.timeout bounds the handshake only); apps' own pings cross.
 """
@@ -30,7 +30,8 @@ import contextvars
 import logging
 import re
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -42,6 +43,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
+from gateway.log import STILL_ALLOWED, UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
 
@@ -49,6 +51,9 @@ log = logging.getLogger("gateway.proxy")
 
 # Seconds to wait for the other end's reply to a Close before dropping the line.
 CLOSE_TIMEOUT = 10.0
+# How often an open websocket's session is checked again (sign-out, revocation,
+# expiry, the access rules); one that has ended closes the websocket with 1008.
+SESSION_CHECK_EVERY = 30.0
 _NO_IDLE_LIMIT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT)
 # Each hop has its own handshake: ws_connect makes a fresh key, version 13, and
 # offers the protocols and extensions we pass it; the upstream's answers to them
@@ -120,6 +125,7 @@ class WebSocketRelay:
         self._timeout = upstream.timeout
         self._host = None if upstream.pass_host_header else upstream.url.raw_authority
         self._origin = upstream.websocket_origin
+        self._max_message = upstream.websocket_max_message
         self._public_url = public_url
         self._session = session
         self._is_own_cookie = is_own_cookie
@@ -189,14 +195,13 @@ class WebSocketRelay:
         elif "Host" in request.headers:
             headers["Host"] = request.headers["Host"]
 
+        origin = request.headers.get("Origin")
+        if origin is not None and not _same_origin(origin, self._public_url):
+            # SECURITY: cross-site websocket hijacking: a page of another origin
+            # (a sibling subdomain included) may not use the user's session.
+            # Clients that send no Origin are not browsers, and pass.
+            return False
         if self._origin:
-            origin = request.headers.get("Origin")
-            if origin is not None and not _same_origin(origin, self._public_url):
-                # SECURITY: cross-site websocket hijacking: once the Origin is
-                # rewritten the app can no longer see a foreign page's, so the
-                # gateway refuses it. Without websocket_origin the browser's Origin
-                # reaches the app unchanged, and checking it is the app's job.
-                return False
             headers["Origin"] = self._origin
         return True
 
@@ -208,6 +213,7 @@ class WebSocketRelay:
         url = URL(self._prefix + request.raw_path, encoded=True)
         answer = _Answer()
         token = _ANSWER.set(answer)
+        sent_at = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 app = await self._session.ws_connect(
@@ -217,11 +223,13 @@ class WebSocketRelay:
                     compress=compress,
                     autoclose=False,
                     autoping=False,
-                    max_msg_size=0,
+                    max_msg_size=self._max_message,
                     decode_text=False,
                     timeout=_NO_IDLE_LIMIT,
                 )
+            request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
         except _Refused as refused:
+            request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
             return await self._pass_refusal(request, refused.answer)
         except TimeoutError:
             log.warning("upstream_timeout method=GET path=%s", _path(request))
@@ -264,7 +272,7 @@ class WebSocketRelay:
             compress=bool(app.compress),
             autoclose=False,
             autoping=False,
-            max_msg_size=0,
+            max_msg_size=self._max_message,
             decode_text=False,
             timeout=CLOSE_TIMEOUT,
         )
@@ -284,6 +292,8 @@ class WebSocketRelay:
         self._clients.add(client)
         to_app = asyncio.create_task(_pump(client, app, "client", "app"))
         to_client = asyncio.create_task(_pump(app, client, "app", "client"))
+        still_allowed = request.get(STILL_ALLOWED)
+        watch = asyncio.create_task(_watch_session(client, still_allowed))
         try:
             await asyncio.wait((to_app, to_client), return_when=asyncio.FIRST_COMPLETED)
             if to_app.done():
@@ -295,7 +305,8 @@ class WebSocketRelay:
             self._clients.discard(client)
             to_app.cancel()
             to_client.cancel()
-            await asyncio.gather(to_app, to_client, return_exceptions=True)
+            watch.cancel()
+            await asyncio.gather(to_app, to_client, watch, return_exceptions=True)
             await client.close(code=WSCloseCode.GOING_AWAY)
         return client
 
@@ -352,8 +363,6 @@ _AppSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[Literal[False]]"
 _ClientSocket: TypeAlias = "web.WebSocketResponse[Literal[False]]"
 _Side = Literal["client", "app"]
 
-WEBSOCKETS = web.AppKey("websockets", WebSocketRelay)
-
 
 @dataclass(frozen=True, slots=True)
 class _Ending:
@@ -362,6 +371,23 @@ class _Ending:
     lost: _Side | None  # the end that vanished; None when the source sent a Close
     code: int = 0  # the Close's code, 0 when it carried none
     reason: str = ""
+
+
+async def _watch_session(
+    client: _ClientSocket, still_allowed: Callable[[], Awaitable[bool]] | None
+) -> None:
+    """Close the client's side once its session has ended; the relay follows."""
+    if still_allowed is None:
+        return
+    while True:
+        await asyncio.sleep(SESSION_CHECK_EVERY)
+        if not await still_allowed():
+            # SECURITY: a websocket outliving sign-out, revocation or a refusal.
+            log.info("websocket_session_ended")
+            await client.close(
+                code=WSCloseCode.POLICY_VIOLATION, message=b"session ended"
+            )
+            return
 
 
 async def _pump(

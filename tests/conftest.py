@@ -65,6 +65,7 @@ class RecordingUpstream:
     """An upstream app that records exactly what it received and echoes it."""
 
     received: list[Received] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # when set, answers wait for it
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -78,6 +79,8 @@ class RecordingUpstream:
         return self.received[-1]
 
     async def _echo(self, request: web.Request) -> web.Response:
+        if self.hold is not None:
+            await self.hold.wait()
         digest = hashlib.sha256()
         length = 0
         async for chunk in request.content.iter_any():

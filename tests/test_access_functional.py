@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 
@@ -198,3 +199,26 @@ async def test_fewer_scopes_granted_than_asked_is_refused_clearly(
 
     assert response.status == 403
     assert "mysubreddits" in await response.text()
+
+
+async def test_connection_starvation_by_one_user_is_capped(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(upstream_max_requests_per_user="2")
+    gate = asyncio.Event()
+    async with stack.browser() as hog, stack.browser() as other:
+        await stack.login(hog, "hog")
+        await stack.login(other, "other")
+        stack.upstream.hold = gate
+        held = [
+            asyncio.create_task(get(hog, stack, f"/poll{index}")) for index in range(2)
+        ]
+        await asyncio.sleep(0.2)
+
+        assert await get(hog, stack, "/third") == 429
+        extra = asyncio.create_task(get(other, stack, "/fine"))
+        await asyncio.sleep(0.2)
+        gate.set()
+        assert await extra == 200
+        assert await asyncio.gather(*held) == [200, 200]
+        assert await get(hog, stack, "/again") == 200

@@ -10,22 +10,15 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.log import (
+    UPSTREAM_KEY,
     UPSTREAM_ROUTE,
+    UPSTREAM_SECONDS,
     USER_KEY,
     AccessLogger,
     JsonFormatter,
     access_log,
     auth_event,
 )
-
-
-def _matched(route_name: str) -> web.UrlMappingMatchInfo:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response()
-
-    app = web.Application()
-    route = app.router.add_get("/{tail:.*}", handler, name=route_name)
-    return web.UrlMappingMatchInfo({}, route)
 
 
 def test_auth_events_have_a_fixed_vocabulary() -> None:
@@ -71,7 +64,8 @@ def test_access_log_never_shows_the_query_of_gateway_endpoints(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
     request = make_mocked_request("GET", target)
-    request._match_info = _matched(route)  # as aiohttp's router would set it
+    if route == UPSTREAM_ROUTE:
+        request[UPSTREAM_KEY] = True  # as the auth middleware marks it
     request[USER_KEY] = "alice"
     response = web.Response(status=302)
 
@@ -108,3 +102,27 @@ def test_bad_request_traceback_becomes_one_line_without_the_bytes() -> None:
     assert record.exc_info is None
     assert record.levelno == logging.INFO
     assert "SECRETVALUE" not in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("upstream", "text", "field"),
+    [(0.01234, "upstream=12.34ms", 12.34), (None, "upstream=-", None)],
+    ids=["proxied", "not-proxied"],
+)
+def test_access_line_has_the_time_to_the_upstream_headers(
+    caplog: pytest.LogCaptureFixture,
+    upstream: float | None,
+    text: str,
+    field: float | None,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    request = make_mocked_request("GET", "/app/page")
+    request[UPSTREAM_KEY] = True
+    if upstream is not None:
+        request[UPSTREAM_SECONDS] = upstream
+
+    AccessLogger(access_log, "").log(request, web.Response(), 0.02)
+
+    record = caplog.records[-1]
+    assert record.getMessage().endswith(f" 20.00ms {text}")
+    assert json.loads(JsonFormatter().format(record))["upstream_ms"] == field

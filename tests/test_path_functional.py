@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -60,6 +61,9 @@ async def test_path_traversal_out_of_the_upstream_base_path_is_refused(
         ("/.well-known/x", False),
         ("/a/...", False),
         ("/a/%2e", True),
+        ("/base/..%00/admin", True),
+        ("/base/..%20/admin", True),
+        ("/base/%2e%2e%09/admin", True),
         ("/files/%2Fetc", False),
         ("/a?next=/../x", False),
         ("/public/..;/admin", True),
@@ -83,3 +87,14 @@ async def test_cross_site_tracing_is_refused(make_stack: StackFactory) -> None:
 
     assert await raw_request(stack, cookie, "/x", method="TRACE") == 405
     assert stack.upstream.received == []
+
+
+async def test_a_malformed_request_gets_400_and_one_quiet_access_line(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack()
+
+    assert await raw_request(stack, "x", "*", method="OPTIONS") in (400, 404)
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

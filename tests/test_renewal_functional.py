@@ -217,3 +217,24 @@ async def test_key_rotation_keeps_users_signed_in_and_reseals_their_cookie(
         resealed = {"Cookie": f"_reddit_gateway={renewed}", **API}
         async with client.get(only_new.url / "x", headers=resealed) as response:
             assert response.status == 200
+
+
+async def test_refresh_amplification_by_a_stale_cookie_makes_no_new_calls(
+    permanent: Stack,
+) -> None:
+    async with permanent.browser() as browser:
+        await permanent.login(browser, "alice")
+        stale = session_cookie(browser, permanent)
+        permanent.clock.advance(3600)
+        async with browser.get(permanent.url / "x", headers=API) as first:
+            assert first.status == 200
+
+    async with aiohttp.ClientSession() as replayer:
+        for _ in range(20):
+            async with replayer.get(
+                permanent.url / "x",
+                headers={"Cookie": f"_reddit_gateway={stale}", **API},
+            ) as response:
+                assert response.status == 200
+
+    assert refresh_calls(permanent) == 1

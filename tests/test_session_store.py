@@ -362,3 +362,19 @@ async def test_a_redis_outage_fails_closed() -> None:
             await store.revoke_user(USER)
     finally:
         await store.close()
+
+
+async def test_session_forgery_by_redis_write_access_is_refused(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    # Someone who can write to redis but lacks the gateway's secret runs their
+    # own store against it and mints a session for any name they like.
+    intruder = RedisStore.from_config(
+        redis_config(redis_url, Secret("i" * 40)), FakeClock()
+    )
+    try:
+        forged = await intruder.save(make_payload(FakeClock(), user="spez"))
+    finally:
+        await intruder.close()
+
+    assert await redis_store.load(forged) is None

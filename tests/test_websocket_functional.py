@@ -17,10 +17,10 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from gateway.websocket import WEBSOCKETS
+from gateway.reloadable import RELOADABLE
 from tests.conftest import Stack, StackFactory, free_port, raw_headers
 
-BIG = 5 * 1024 * 1024  # over aiohttp's default 4 MiB message limit
+BIG = 3 * 1024 * 1024  # large, under upstream.websocket_max_message's 4 MiB
 CLIENT_KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
@@ -194,9 +194,9 @@ async def connect(
 
 
 async def open_count_reaches(stack: Stack, count: int) -> None:
-    relay = stack.app[WEBSOCKETS]
+    relay = stack.app[RELOADABLE]
     async with asyncio.timeout(5):
-        while relay.open_count != count:  # noqa: ASYNC110 (a plain number: poll it)
+        while relay.open_websockets != count:  # noqa: ASYNC110 (a plain number: poll it)
             await asyncio.sleep(0.01)
 
 
@@ -252,7 +252,7 @@ async def test_text_and_binary_messages_cross_both_ways(
     stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp
 ) -> None:
     ws = await connect(browser, stack)
-    assert stack.app[WEBSOCKETS].open_count == 1
+    assert stack.app[RELOADABLE].open_websockets == 1
 
     await ws.send_str("héllo")
     assert (await receive(ws)).data == "héllo"
@@ -404,7 +404,7 @@ async def test_client_vanishing_closes_app_with_going_away(
     writer.write(masked_frame(0x1, b"hello"))
     async with asyncio.timeout(5):
         assert await reader.readexactly(7) == b"\x81\x05hello"
-    assert stack.app[WEBSOCKETS].open_count == 1
+    assert stack.app[RELOADABLE].open_websockets == 1
 
     writer.close()  # no Close frame: the line just drops
     await writer.wait_closed()
@@ -540,18 +540,45 @@ async def test_cross_site_websocket_hijacking_refused_when_origin_is_rewritten(
 
     assert refused.value.status == 403
     assert ws_app.handshakes == []
-    assert stack.app[WEBSOCKETS].open_count == 0
+    assert stack.app[RELOADABLE].open_websockets == 0
 
 
-async def test_cross_site_websocket_hijacking_origin_reaches_app_unchanged(
+@pytest.mark.parametrize(
+    "origin",
+    ["https://evil.example", "http://127.0.0.1:1", "null", "http://localhost:1"],
+)
+async def test_cross_site_websocket_hijacking_is_refused_by_default(
+    stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp, origin: str
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect(browser, stack, origin=origin)
+
+    assert refused.value.status == 403
+    assert ws_app.handshakes == []
+
+
+async def test_a_same_origin_websocket_keeps_its_origin(
     stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp
 ) -> None:
-    # Without websocket_origin the app sees the real Origin and must check it.
-    ws = await connect(browser, stack, origin="https://evil.example")
+    ws = await connect(browser, stack)
     await ws.close()
     await settled(stack)
 
-    assert ws_app.header("Origin") == ["https://evil.example"]
+    assert ws_app.header("Origin") == [str(stack.url)]
+
+
+async def test_memory_exhaustion_by_a_huge_websocket_message_is_refused(
+    stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp
+) -> None:
+    ws = await connect(browser, stack, compress=15)
+
+    await ws.send_bytes(b"\0" * (5 * 1024 * 1024))  # deflates to a few KiB
+    closing = await receive(ws)
+
+    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    await settled(stack)
+    assert all(seen.type != WSMsgType.BINARY for seen in ws_app.seen)
 
 
 # Refusals and failures
@@ -621,7 +648,7 @@ async def test_refused_upgrade_passes_status_and_body_as_plain_http(
     if path == "/redirect":  # passed on, not followed
         assert answer.headers["Location"] == "/ws/echo"
         assert len(ws_app.handshakes) == 1
-    assert stack.app[WEBSOCKETS].open_count == 0
+    assert stack.app[RELOADABLE].open_websockets == 0
 
 
 async def test_refused_upgrade_never_becomes_a_tunnel(
@@ -660,7 +687,7 @@ async def test_unreachable_upstream_gives_502_and_no_handshake(
             await connect(browser, stack)
 
     assert refused.value.status == 502
-    assert stack.app[WEBSOCKETS].open_count == 0
+    assert stack.app[RELOADABLE].open_websockets == 0
 
 
 async def test_slow_upstream_handshake_gives_504(
@@ -676,7 +703,7 @@ async def test_slow_upstream_handshake_gives_504(
     ws_app.release.set()
 
     assert refused.value.status == 504
-    assert stack.app[WEBSOCKETS].open_count == 0
+    assert stack.app[RELOADABLE].open_websockets == 0
 
 
 async def test_malformed_client_handshake_gets_400_and_never_reaches_app(
@@ -697,10 +724,10 @@ async def test_malformed_client_handshake_gets_400_and_never_reaches_app(
 async def test_open_websockets_are_counted(
     stack: Stack, browser: aiohttp.ClientSession
 ) -> None:
-    relay = stack.app[WEBSOCKETS]
+    relay = stack.app[RELOADABLE]
     first = await connect(browser, stack)
     second = await connect(browser, stack)
-    assert relay.open_count == 2
+    assert relay.open_websockets == 2
 
     await first.close()
     await open_count_reaches(stack, 1)
@@ -714,11 +741,11 @@ async def test_open_websockets_are_counted(
 async def test_gateway_shutdown_closes_both_ends_with_going_away(
     stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp
 ) -> None:
-    relay = stack.app[WEBSOCKETS]
-    assert relay.close_all in stack.app.on_shutdown
+    relay = stack.app[RELOADABLE]
+    assert relay.close_websockets in stack.app.on_shutdown
     ws = await connect(browser, stack)
 
-    await relay.close_all(stack.app)
+    await relay.close_websockets(stack.app)
 
     closing = await receive(ws)
     assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
@@ -768,3 +795,23 @@ async def test_unix_socket_upstream(
         shutil.rmtree(directory)
 
     assert ws_app.header("X-Reddit-User") == ["alice"]
+
+
+async def test_a_websocket_outliving_sign_out_is_closed(
+    stack: Stack,
+    browser: aiohttp.ClientSession,
+    ws_app: WebSocketApp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.websocket.SESSION_CHECK_EVERY", 0.1)
+    ws = await connect(browser, stack)
+    await ws.send_str("before")
+    assert (await receive(ws)).data == "before"
+
+    async with browser.post(stack.url / "oauth2/sign_out", allow_redirects=False):
+        pass
+    closing = await receive(ws)
+
+    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+    await settled(stack)
