@@ -135,11 +135,11 @@ class UpstreamProxy:
         except TimeoutError:
             if client_left(request):  # the watch ended the wait: nobody to answer
                 log.info(
-                    "client_gone method=%s path=%s", request.method, _path(request)
+                    "client_gone method=%s path=%s", request.method, log_path(request)
                 )
                 return json_error(502, "bad_gateway", "The client left.")
             log.warning(
-                "upstream_timeout method=%s path=%s", request.method, _path(request)
+                "upstream_timeout method=%s path=%s", request.method, log_path(request)
             )
             return json_error(504, "gateway_timeout", "The app did not answer in time.")
         except aiohttp.ClientError as exc:
@@ -191,7 +191,7 @@ class UpstreamProxy:
         except ValueError as exc:  # a header aiohttp cannot encode
             log.warning(
                 "bad_upstream_header path=%s error=%s",
-                _path(request),
+                log_path(request),
                 type(exc).__name__,
             )
             return json_error(502, "bad_gateway", "The app sent a malformed header.")
@@ -207,17 +207,21 @@ class UpstreamProxy:
                 except ConnectionError:
                     raise ClientGone from None
         except ClientGone:
-            log.info("client_gone path=%s", _path(request))
+            log.info("client_gone path=%s", log_path(request))
             upstream.close()
             return response
         except UpstreamIdle:
-            log.warning("upstream_idle path=%s seconds=%s", _path(request), self._idle)
+            log.warning(
+                "upstream_idle path=%s seconds=%s", log_path(request), self._idle
+            )
             upstream.close()
             _abort(request, response)
             return response
         except (aiohttp.ClientError, OSError) as exc:
             log.warning(
-                "upstream_aborted path=%s error=%s", _path(request), _reason(exc)
+                "upstream_aborted path=%s error=%s",
+                log_path(request),
+                error_reason(exc),
             )
             upstream.close()
             _abort(request, response)
@@ -237,7 +241,7 @@ def _abort(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def _client_idle(request: web.Request) -> web.Response:
-    log.warning("client_idle method=%s path=%s", request.method, _path(request))
+    log.warning("client_idle method=%s path=%s", request.method, log_path(request))
     response = json_error(408, "request_timeout", "The request body stopped arriving.")
     response.force_close()  # Connection: close; aiohttp drains for lingering_time
     return response
@@ -245,18 +249,18 @@ def _client_idle(request: web.Request) -> web.Response:
 
 def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
     if client_left(request):
-        log.info("client_gone method=%s path=%s", request.method, _path(request))
+        log.info("client_gone method=%s path=%s", request.method, log_path(request))
     else:
         log.warning(
             "upstream_unreachable method=%s path=%s error=%s",
             request.method,
-            _path(request),
-            _reason(exc),
+            log_path(request),
+            error_reason(exc),
         )
     return json_error(502, "bad_gateway", "The app could not be reached.")
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     # Never aiohttp's own text: ClientResponseError quotes the URL with its query and
     # every request header, Cookie included.
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -264,7 +268,7 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _path(request: web.Request) -> str:
+def log_path(request: web.BaseRequest) -> str:
     # Still percent-encoded (no line breaks to forge log lines) and without the query
     # (where tokens travel).
     return request.raw_path.partition("?")[0]

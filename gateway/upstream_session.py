@@ -23,19 +23,7 @@ def make_upstream_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
     Keep-alive pool, bodies left encoded, no cookie jar (a jar would also rewrite the
     Cookie header), no session timeout: UpstreamProxy times the header wait itself.
     """
-    connector: aiohttp.BaseConnector
-    if upstream.unix_socket:
-        connector = aiohttp.UnixConnector(
-            upstream.unix_socket,
-            limit=upstream.max_connections,
-            keepalive_timeout=upstream.keepalive_timeout,
-        )
-    else:
-        connector = aiohttp.TCPConnector(
-            limit=upstream.max_connections,
-            keepalive_timeout=upstream.keepalive_timeout,
-            ssl=_tls(upstream),
-        )
+    connector = make_connector(upstream, upstream.max_connections)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -44,6 +32,21 @@ def make_upstream_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
         trust_env=False,
         max_field_size=_ANSWER_FIELD_SIZE,
         max_headers=_ANSWER_MAX_HEADERS,
+    )
+
+
+def make_connector(upstream: UpstreamConfig, limit: int) -> aiohttp.BaseConnector:
+    """Connections to the app: its Unix socket, or TCP with its TLS settings."""
+    if upstream.unix_socket:
+        return aiohttp.UnixConnector(
+            upstream.unix_socket,
+            limit=limit,
+            keepalive_timeout=upstream.keepalive_timeout,
+        )
+    return aiohttp.TCPConnector(
+        limit=limit,
+        keepalive_timeout=upstream.keepalive_timeout,
+        ssl=_tls(upstream),
     )
 
 

@@ -29,7 +29,6 @@ import asyncio
 import contextvars
 import logging
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,7 +44,9 @@ from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
 from gateway.log import STILL_ALLOWED, UPSTREAM_SECONDS
 from gateway.pages import json_error
+from gateway.proxy import error_reason, log_path
 from gateway.redirect_rewrite import RedirectRewriter
+from gateway.upstream_session import make_connector
 
 log = logging.getLogger("gateway.proxy")
 
@@ -93,13 +94,8 @@ def make_websocket_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
     timeouts of its own, and an upstream answer other than 101 is handed to the
     relay whole instead of being followed or dropped.
     """
-    connector: aiohttp.BaseConnector
-    if upstream.unix_socket:
-        connector = aiohttp.UnixConnector(upstream.unix_socket, limit=0)
-    else:
-        connector = aiohttp.TCPConnector(limit=0, ssl=_tls(upstream))
     return aiohttp.ClientSession(
-        connector=connector,
+        connector=make_connector(upstream, limit=0),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None),
@@ -168,7 +164,7 @@ class WebSocketRelay:
                 400, "bad_request", "The request is not a valid websocket handshake."
             )
         if not self._upstream_headers(request, headers):
-            log.warning("websocket_foreign_origin path=%s", _path(request))
+            log.warning("websocket_foreign_origin path=%s", log_path(request))
             return json_error(
                 403, "forbidden", "Websockets are only accepted from this site's pages."
             )
@@ -232,18 +228,20 @@ class WebSocketRelay:
             request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
             return await self._pass_refusal(request, refused.answer)
         except TimeoutError:
-            log.warning("upstream_timeout method=GET path=%s", _path(request))
+            log.warning("upstream_timeout method=GET path=%s", log_path(request))
             return json_error(504, "gateway_timeout", "The app did not answer in time.")
         except aiohttp.WSServerHandshakeError as exc:  # a 101 that is not websocket
             log.warning(
-                "websocket_bad_handshake path=%s error=%s", _path(request), exc.message
+                "websocket_bad_handshake path=%s error=%s",
+                log_path(request),
+                exc.message,
             )
             return _bad_gateway()
         except aiohttp.ClientError as exc:
             log.warning(
                 "upstream_unreachable method=GET path=%s error=%s",
-                _path(request),
-                _reason(exc),
+                log_path(request),
+                error_reason(exc),
             )
             return _bad_gateway()
         except ValueError as exc:  # a header aiohttp cannot encode
@@ -284,7 +282,7 @@ class WebSocketRelay:
         except ValueError as exc:  # a header from the app that aiohttp cannot encode
             log.warning(
                 "bad_upstream_header path=%s error=%s",
-                _path(request),
+                log_path(request),
                 type(exc).__name__,
             )
             return _bad_gateway()
@@ -314,7 +312,9 @@ class WebSocketRelay:
         self, request: web.Request, answer: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """The upstream's non-101 answer, as plain HTTP: status, headers, body."""
-        log.info("websocket_refused status=%s path=%s", answer.status, _path(request))
+        log.info(
+            "websocket_refused status=%s path=%s", answer.status, log_path(request)
+        )
         try:
             response = web.StreamResponse(
                 status=answer.status,
@@ -328,7 +328,7 @@ class WebSocketRelay:
             except ValueError as exc:  # a header aiohttp cannot encode
                 log.warning(
                     "bad_upstream_header path=%s error=%s",
-                    _path(request),
+                    log_path(request),
                     type(exc).__name__,
                 )
                 return _bad_gateway()
@@ -339,12 +339,14 @@ class WebSocketRelay:
                 async for chunk in answer.content.iter_any():
                     await response.write(chunk)
             except ConnectionError:
-                log.info("client_gone path=%s", _path(request))
+                log.info("client_gone path=%s", log_path(request))
                 answer.close()
                 return response
             except (aiohttp.ClientError, OSError) as exc:
                 log.warning(
-                    "upstream_aborted path=%s error=%s", _path(request), _reason(exc)
+                    "upstream_aborted path=%s error=%s",
+                    log_path(request),
+                    error_reason(exc),
                 )
                 answer.close()
                 # Never let a cut-off body look complete.
@@ -527,25 +529,5 @@ def _same_origin(origin: str, public_url: URL) -> bool:
         return False
 
 
-def _tls(upstream: UpstreamConfig) -> ssl.SSLContext | bool:
-    if not upstream.tls_verify:
-        return False
-    if upstream.ca_file:
-        return ssl.create_default_context(cafile=upstream.ca_file)
-    return True
-
-
 def _bad_gateway() -> web.Response:
     return json_error(502, "bad_gateway", "The app could not be reached.")
-
-
-def _reason(exc: BaseException) -> str:
-    # Never aiohttp's own text: it may quote the URL's query and request headers.
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"{type(exc).__name__}: {exc.os_error}"
-    return type(exc).__name__
-
-
-def _path(request: web.BaseRequest) -> str:
-    # Still percent-encoded, and without the query (where tokens travel).
-    return request.raw_path.partition("?")[0]

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import pathlib
+import random
 import shutil
 import socket
 import subprocess
@@ -181,11 +182,23 @@ class Stack:
             return URL(answer.headers["Location"])
 
 
+# Below Linux's ephemeral range (32768-60999), where the tests' own outgoing
+# connections take their local ports: a port picked here is not taken by one
+# of them between the pick and the server's bind.
+PICKED_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback port for a server that must know its URL before it starts."""
+    for _ in range(200):
+        port = random.choice(PICKED_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
@@ -202,11 +215,8 @@ async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
         upstream = RecordingUpstream()
         upstream_server: TestServer = await aiohttp_server(upstream.app())
 
-        port = free_port()
-        public = f"http://127.0.0.1:{port}"
         reddit_url = str(reddit_server.make_url("")).rstrip("/")
         env = {
-            "GATEWAY_SERVER_PUBLIC_URL": public,
             "GATEWAY_UPSTREAM_URL": str(upstream_server.make_url("")).rstrip("/"),
             "GATEWAY_REDDIT_CLIENT_ID": CLIENT_ID,
             "GATEWAY_REDDIT_CLIENT_SECRET": CLIENT_SECRET,
@@ -220,14 +230,31 @@ async def make_stack(aiohttp_server: Any) -> AsyncIterator[StackFactory]:
             "GATEWAY_SESSION_COOKIE_SECURE": "false",
         }
         env.update({f"GATEWAY_{k.upper()}": v for k, v in overrides.items()})
-        config = load_config(config_file, env)
-        reddit.add_client(CLIENT_ID, CLIENT_SECRET, config.server.redirect_url)
 
-        app = await build_app(config, clock=clock)
-        await aiohttp_server(app, port=port, **server_options())
-        return Stack(URL(public), reddit, upstream, config, clock, app)
+        # The gateway must know its URL before it listens; should the port be
+        # taken between the pick and the bind, pick again.
+        for _ in range(5):
+            port = free_port()
+            public = f"http://127.0.0.1:{port}"  # unless a test names another
+            config = load_config(
+                config_file, {"GATEWAY_SERVER_PUBLIC_URL": public, **env}
+            )
+            app = await build_app(config, clock=clock)
+            server = TestServer(app, port=port)
+            try:
+                await server.start_server(**server_options())
+            except OSError:
+                await server.close()
+                continue
+            gateways.append(server)
+            reddit.add_client(CLIENT_ID, CLIENT_SECRET, config.server.redirect_url)
+            return Stack(URL(public), reddit, upstream, config, clock, app)
+        raise RuntimeError("no port for the gateway")
 
+    gateways: list[TestServer] = []
     yield make
+    for server in gateways:
+        await server.close()
 
 
 class RedisServer:

@@ -103,7 +103,7 @@ def bindable(port: int) -> bool:
 def free_port_base() -> int:
     """A port N such that N, N+1 and N+2 are all free."""
     for _ in range(100):
-        base = random.randint(20000, 60000)
+        base = random.randint(20000, 31997)  # below the ephemeral ports
         if all(bindable(base + offset) for offset in range(3)):
             return base
     raise RuntimeError("no three consecutive free ports in 20000-60003")

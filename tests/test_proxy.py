@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import pathlib
-import socket
 import ssl
 import statistics
 import tempfile
@@ -300,12 +299,7 @@ async def generated_body(total: int) -> AsyncIterator[bytes]:
         yield pattern(i, min(CHUNK, total - i))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
+from tests.conftest import free_port  # noqa: E402
 
 # --- what the upstream receives ------------------------------------------------------
 
