@@ -206,7 +206,8 @@ class Endpoints:
                 "reddit's tokens for this account are too large to keep in a cookie. "
                 "Please tell whoever runs this app.",
                 [retry],
-                note="If you run this gateway: ask for fewer scopes, or set "
+                note='If you run this gateway: set session.store = "redis" (the '
+                "cookie then holds only an id), or ask for fewer scopes, or set "
                 'reddit.duration = "temporary".',
             )
         # SECURITY: session fixation: a signed-in session always starts anew.

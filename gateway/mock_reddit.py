@@ -131,6 +131,7 @@ class MockReddit:
     ) -> None:
         self.calls: list[RecordedCall] = []
         self.expires_in = expires_in
+        self.token_padding = 200  # random bytes that make tokens JWT-sized
         # Listing pages hold min(limit, page_size) subreddits: lower it for paging.
         self.page_size = DEFAULT_PAGE_SIZE
         # The API budget every oauth answer reports and spends; at zero: 429.
@@ -475,7 +476,7 @@ class MockReddit:
             "cid": client_id,
             "lid": f"t2_{account.id}" if account else "",
             "aid": f"t2_{account.id}" if account else "",
-            "scp": secrets.token_urlsafe(200),
+            "scp": secrets.token_urlsafe(self.token_padding),
             "flo": 9,
         }
         header = {"alg": "RS256", "kid": "SHA256:mock-reddit", "typ": "JWT"}

@@ -714,3 +714,15 @@ async def test_sign_in_denial_by_login_cookie_pile_up_is_cleared(
         c.key for c in browser.cookie_jar if c.key.startswith("_reddit_gateway_login_")
     ]
     assert len(remaining) == 3
+
+
+async def test_a_session_too_large_for_a_cookie_is_a_clear_page_not_a_loop(
+    stack: Stack, browser: aiohttp.ClientSession
+) -> None:
+    stack.reddit.token_padding = 2600  # an access token of about 4 KB
+
+    response = await stack.login(browser, "alice")
+
+    assert response.status == 502
+    assert "session.store = &quot;redis&quot;" in await response.text()
+    assert "_reddit_gateway=" not in response.headers.get("Set-Cookie", "")
