@@ -3,6 +3,7 @@ and Forwarded, the app's links to itself."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -270,18 +271,23 @@ def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
 
 
 def _forwarded_element(peer: str, scheme: str, host: str) -> str:
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        node = "unknown"  # RFC 7239's word for a peer without an IP (a Unix socket)
-    else:
-        node = f'"[{peer}]"' if ip.version == 6 else peer
-    element = f"for={node};proto={scheme}"
+    element = f"for={_forwarded_node(peer)};proto={scheme}"
     if _HOST_RE.fullmatch(host):
         # SECURITY: Forwarded injection: only a plain host[:port] goes in, quoted
         # when it is not a token, so a Host header cannot add pairs or elements
         element += f";host={host}" if _TOKEN_RE.fullmatch(host) else f';host="{host}"'
     return element
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarded_node(peer: str) -> str:
+    """The peer as a Forwarded node; cached, since parsing an address is costly
+    and a client sends many requests from one."""
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return "unknown"  # RFC 7239's word for a peer without an IP (a Unix socket)
+    return f'"[{peer}]"' if ip.version == 6 else peer
 
 
 def _joined(values: list[str] | tuple[()]) -> str:

@@ -69,17 +69,38 @@ class CookieStore:
         self._codec = codec
         self._clock = clock
         self._ended: dict[str, float] = {}  # sid -> when its cookie expires anyway
+        # cookie value -> (its payload, until when that may be reused): a browser
+        # sends the same cookie on every request, and opening it is most of the
+        # gateway's own cost per request.
+        self._verified: dict[str, tuple[SessionPayload, float]] = {}
 
     async def load(self, handle: str) -> SessionPayload | None:
-        payload = self._codec.load(handle)
+        now = self._clock()
+        cached = self._verified.get(handle)
+        if cached is not None and now < cached[1]:
+            payload: SessionPayload | None = cached[0]
+        else:
+            payload = self._codec.load(handle)
+            if payload is not None:
+                self._remember(handle, payload, now)
         if payload is not None and payload.sid in self._ended:
             return None
         return payload
+
+    def _remember(self, handle: str, payload: SessionPayload, now: float) -> None:
+        if len(self._verified) >= VERIFIED_CACHE_CAP:
+            self._verified = {h: e for h, e in self._verified.items() if e[1] > now}
+            if len(self._verified) >= VERIFIED_CACHE_CAP:
+                self._verified.clear()
+        # Never past the session's expiry: the cache only saves the decryption.
+        until = min(now + VERIFIED_CACHE_SECONDS, payload.expires_at)
+        self._verified[handle] = (payload, until)
 
     async def save(self, payload: SessionPayload, previous: str | None = None) -> str:
         return self._codec.dump(payload)
 
     async def delete(self, handle: str) -> None:
+        self._verified.pop(handle, None)
         payload = self._codec.load(handle)
         if payload is None or not payload.sid:
             return
@@ -116,6 +137,8 @@ class CookieStore:
 
 
 ENDED_SESSIONS_CAP = 100_000  # signed-out cookie sessions remembered per process
+VERIFIED_CACHE_SECONDS = 2.0  # how long an opened cookie is trusted without opening
+VERIFIED_CACHE_CAP = 10_000  # opened cookies remembered per process
 
 
 def cookie_lifetime(payload: SessionPayload, max_age: int, now: float) -> int:

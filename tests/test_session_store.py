@@ -16,7 +16,7 @@ from gateway.config import Secret, SessionConfig
 from gateway.errors import SessionStoreUnavailable
 from gateway.redis_store import Handle, RedisStore
 from gateway.session import SessionCodec, SessionPayload
-from gateway.session_store import CookieStore, SessionStore
+from gateway.session_store import VERIFIED_CACHE_SECONDS, CookieStore, SessionStore
 from tests.conftest import FakeClock, free_port
 
 SECRET = Secret("s" * 40)
@@ -204,6 +204,56 @@ async def test_delete_ends_the_session_only_where_it_lives(case: StoreCase) -> N
     # session in this process only (another replica would still accept a copy,
     # see tests/test_replicas_functional.py); the redis store deleted it.
     assert await case.store.load(handle) is None
+
+
+async def test_a_cookie_opened_moments_ago_is_not_opened_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    codec = SessionCodec([SECRET], MAX_AGE, clock)
+    store = CookieStore(codec, clock)
+    payload = make_payload(clock)
+    handle = await store.save(payload)
+    opened: list[str] = []
+    real_load = codec.load
+    monkeypatch.setattr(codec, "load", lambda v: opened.append(v) or real_load(v))
+
+    assert await store.load(handle) == payload
+    assert await store.load(handle) == payload
+    assert len(opened) == 1
+
+    clock.advance(VERIFIED_CACHE_SECONDS)
+    assert await store.load(handle) == payload
+    assert len(opened) == 2
+
+
+async def test_a_remembered_cookie_never_outlives_its_session() -> None:
+    clock = FakeClock()
+    store = CookieStore(SessionCodec([SECRET], MAX_AGE, clock), clock)
+    payload = replace(make_payload(clock), expires_at=clock() + 0.5)
+    handle = await store.save(payload)
+    assert await store.load(handle) == payload
+
+    clock.advance(0.5)
+
+    assert await store.load(handle) is None
+
+
+async def test_a_remembered_cookie_is_refused_after_its_session_signed_out() -> None:
+    clock = FakeClock()
+    store = CookieStore(SessionCodec([SECRET], MAX_AGE, clock), clock)
+    payload = make_payload(clock)
+    handle = await store.save(payload)
+    renewed = await store.save(replace(payload, last_seen=clock() + 1))
+    assert await store.load(handle) == payload
+    assert await store.load(renewed) is not None
+
+    await store.delete(renewed)
+
+    # The copy of the older cookie, though opened moments ago, is of the same
+    # session: refused too.
+    assert await store.load(renewed) is None
+    assert await store.load(handle) is None
 
 
 async def test_revoke_user_ends_every_session_of_that_user(case: StoreCase) -> None:
