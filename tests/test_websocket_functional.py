@@ -815,3 +815,22 @@ async def test_a_websocket_outliving_sign_out_is_closed(
     assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
     assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
     await settled(stack)
+
+
+async def test_a_refreshed_session_reaches_the_browser_on_the_upgrade(
+    make_stack: StackFactory, ws_server: TestServer, ws_app: WebSocketApp
+) -> None:
+    stack = await make_stack(
+        upstream_url=upstream_url(ws_server), reddit_duration="permanent"
+    )
+    stack.reddit.expires_in = 3600
+    async with stack.browser() as browser:
+        await stack.login(browser, "alice")
+        stack.clock.advance(3600)
+
+        ws = await connect(browser, stack)
+        renewed = ws._response.headers.getall("Set-Cookie", [])
+        await ws.close()
+    await settled(stack)
+
+    assert any(cookie.startswith("_reddit_gateway=") for cookie in renewed)
