@@ -40,7 +40,7 @@ from gateway.errors import ConfigError
 from gateway.headers import forwarded_facts, upstream_request_headers
 from gateway.proxy import REQUEST_LIMITS, UpstreamProxy
 from gateway.upstream_session import make_upstream_session
-from tests.conftest import StackFactory
+from tests.conftest import StackFactory, free_port
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -298,8 +298,6 @@ async def generated_body(total: int) -> AsyncIterator[bytes]:
     for i in range(0, total, CHUNK):
         yield pattern(i, min(CHUNK, total - i))
 
-
-from tests.conftest import free_port  # noqa: E402
 
 # --- what the upstream receives ------------------------------------------------------
 
