@@ -45,8 +45,12 @@ async def build_app(
     clock: Callable[[], float] = time.time,
     reddit_session: aiohttp.ClientSession | None = None,
     upstream_session: aiohttp.ClientSession | None = None,
+    metrics_listen: str = "",
 ) -> web.Application:
-    """The gateway as an aiohttp Application; client sessions it makes it closes."""
+    """The gateway as an aiohttp Application; client sessions it makes it closes.
+
+    ``metrics_listen``, if given, serves metrics there instead of at
+    metrics.listen (a supervisor's worker: its private socket)."""
     # aiohttp-session keeps its state under string request keys, which aiohttp
     # 3.14 warns about on every request; the keys are its own, not ours.
     warnings.filterwarnings(
@@ -76,7 +80,8 @@ async def build_app(
     # What a SIGHUP may change: read per request, never kept.
     reloadable = Reloadable(config, clock, own_cookie, upstream_session)
     signer = make_signer(config, clock)
-    metrics = Metrics() if config.metrics.listen else None
+    metrics_listen = metrics_listen or config.metrics.listen
+    metrics = Metrics() if metrics_listen else None
     reddit = RedditClient(
         config.reddit,
         config.server.redirect_url,
@@ -140,7 +145,7 @@ async def build_app(
     if metrics is not None:
         metrics.install(
             app,
-            config.metrics.listen,
+            metrics_listen,
             ratelimit_remaining=lambda: reddit.ratelimit_remaining,
             open_websockets=lambda: reloadable.open_websockets,
         )

@@ -425,7 +425,7 @@ def _build(values: Mapping[str, Any]) -> Config:
         session=session,
         access=access,
         assertion=_build_assertion(get),
-        metrics=_build_metrics(get, server.workers),
+        metrics=_build_metrics(get),
         log=LogConfig(
             level=_one_of("log.level", get("log.level").lower(), _LOG_LEVELS),
             format=_one_of("log.format", get("log.format").lower(), ("text", "json")),
@@ -549,17 +549,10 @@ def _at_least(key: str, value: int, minimum: int) -> int:
     return value
 
 
-def _build_metrics(get: Any, workers: int) -> MetricsConfig:
+def _build_metrics(get: Any) -> MetricsConfig:
     listen = get("metrics.listen")
     if listen:
         _listen_address(listen, key="metrics.listen")
-    if listen and workers != 1:
-        # TODO(metrics across workers): lift once workers' counts are merged.
-        raise ConfigError(
-            "metrics.listen",
-            f"each worker process counts only its own requests, and server.workers "
-            f"gives {workers}; set server.workers = 1 to serve metrics",
-        )
     return MetricsConfig(listen=listen)
 
 

@@ -1,20 +1,28 @@
 """Prometheus metrics, counted from the gateway's own log records and reddit calls,
-served on a listener of their own (metrics.listen)."""
+served on a listener of their own (metrics.listen).
+
+With several workers, each serves its own counts on a private Unix socket and the
+supervisor serves their sum at metrics.listen (see `serve_summed`).
+"""
 
 from __future__ import annotations
 
+import http.client
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, start_http_server
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.log import access_log, auth_log
 
@@ -25,6 +33,9 @@ _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
 _EVENT_LOGGERS = (access_log, auth_log)
+UNIX_PREFIX = "unix:"  # a listen address of a worker's private socket
+_RATELIMIT = "reddit_gateway_reddit_ratelimit_remaining"
+_WORKER_TIMEOUT = 5.0  # seconds a scrape waits for one worker's counts
 
 
 class Metrics:
@@ -98,24 +109,30 @@ class Metrics:
         ratelimit_remaining: Callable[[], float | None],
         open_websockets: Callable[[], int],
     ) -> None:
-        """Count the app's records and serve /metrics at ``listen`` while it runs;
-        the two gauges are read from the callables at each scrape."""
+        """Count the app's records and serve /metrics at ``listen`` (host:port,
+        or unix:PATH for a worker's private socket) while it runs; the two gauges
+        are read from the callables at each scrape."""
         self._ratelimit_remaining = ratelimit_remaining
         self._open_websockets = open_websockets
         runner = web.AppRunner(self._metrics_app(), access_log=None)
 
         async def start(_app: web.Application) -> None:
             self.attach()
-            host, _, port = listen.rpartition(":")
-            host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"  # noqa: S104
             await runner.setup()
+            site: web.BaseSite
+            if listen.startswith(UNIX_PREFIX):
+                site = web.UnixSite(runner, listen.removeprefix(UNIX_PREFIX))
+            else:
+                host, port = _host_port(listen)
+                site = web.TCPSite(runner, host, port)
             try:
-                await web.TCPSite(runner, host, int(port)).start()
+                await site.start()
             except OSError as exc:
                 await stop(_app)
                 message = f"metrics.listen {listen}: {exc.strerror}"
                 raise OSError(exc.errno, message) from exc
-            log.info("metrics on http://%s/metrics", listen)
+            if not listen.startswith(UNIX_PREFIX):
+                log.info("metrics on http://%s/metrics", listen)
 
         async def stop(_app: web.Application) -> None:
             await runner.cleanup()
@@ -244,3 +261,103 @@ class _RecordCounter(logging.Handler):
 
 
 METRICS = web.AppKey("metrics", Metrics)
+
+
+def serve_summed(listen: str, directory: str) -> Callable[[], None]:
+    """In the supervisor: serve at ``listen`` (host:port), from a thread of its
+    own, the sum of the counts that the workers serve on the sockets in
+    ``directory``; the function returned stops it. Raises OSError if ``listen``
+    cannot be bound."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SummedWorkers(directory))
+    host, port = _host_port(listen)
+    try:
+        server, thread = start_http_server(port, host, registry)
+    except OSError as exc:
+        message = f"metrics.listen {listen}: {exc.strerror}"
+        raise OSError(exc.errno, message) from exc
+    log.info("metrics on http://%s/metrics, summed over the workers", listen)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
+
+
+class _SummedWorkers:
+    """A collector: the workers' counts, read from their sockets at each scrape."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        texts = []
+        for name in sorted(os.listdir(self._directory)):
+            text = _worker_exposition(os.path.join(self._directory, name))
+            if text is not None:  # else a worker that is starting or gone
+                texts.append(text)
+        return iter(sum_expositions(texts))
+
+
+def sum_expositions(texts: Iterable[str]) -> list[Metric]:
+    """Metric families in the text format, summed sample by sample (name and
+    labels); a counter's _created and reddit's rate-limit budget take the least."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                values[family.name] = {}
+            summed = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in summed:
+                    summed[key] = sample.value
+                elif sample.name.endswith("_created") or sample.name == _RATELIMIT:
+                    summed[key] = min(summed[key], sample.value)
+                else:
+                    summed[key] += sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return list(families.values())
+
+
+def _worker_exposition(path: str) -> str | None:
+    """One worker's counts in the text format; None if it does not answer."""
+    connection = _UnixConnection(path, _WORKER_TIMEOUT)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    return body.decode() if response.status == 200 else None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)  # noqa: S104

@@ -9,6 +9,10 @@ worker passes its state check there but fails at reddit, whose codes are
 single-use; a copy of a signed-out cookie session is refused only by the worker
 that served the sign-out; and two workers may each refresh one session's token.
 The redis session store shares the last two across workers, as across replicas.
+
+With metrics.listen set, each worker serves its own counts on a Unix socket in a
+directory (0700) that the supervisor makes, and the supervisor serves their sum
+at metrics.listen. A worker that dies takes its counts with it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -28,6 +34,7 @@ from aiohttp import web
 from gateway.app import build_app, server_options
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.metrics import UNIX_PREFIX, serve_summed
 from gateway.reloadable import RELOADABLE, check_reloadable
 
 log = logging.getLogger("gateway")
@@ -68,10 +75,13 @@ class Worker:
         *,
         supervisor: int | None = None,
         ready: Callable[[], None] = lambda: None,
+        metrics_socket: str = "",
     ) -> None:
         """``supervisor``: the pid whose end stops this worker too; ``ready``
-        is called once the port is served."""
+        is called once the port is served; ``metrics_socket``: where to serve
+        metrics instead of metrics.listen."""
         self._config = config
+        self._metrics_socket = metrics_socket
         self._path = config_path
         self._supervisor = supervisor
         self._ready = ready
@@ -94,7 +104,11 @@ class Worker:
 
         server = self._config.server
         try:
-            app = await build_app(self._config)
+            app = await build_app(
+                self._config,
+                metrics_listen=self._metrics_socket
+                and UNIX_PREFIX + self._metrics_socket,
+            )
         except ConfigError as exc:
             log.error("configuration error: %s", exc)
             return 2
@@ -188,9 +202,30 @@ class Supervisor:
         self._ready_read, self._ready_write = os.pipe()
         os.set_blocking(self._ready_read, False)
         self._pid = os.getpid()
+        self._metrics_dir = ""  # the workers' metrics sockets, if metrics are on
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        stop_metrics: Callable[[], None] | None = None
+        if self._config.metrics.listen:
+            self._metrics_dir = tempfile.mkdtemp(prefix="reddit-gateway-metrics-")
+            try:
+                stop_metrics = serve_summed(
+                    self._config.metrics.listen, self._metrics_dir
+                )
+            except OSError as exc:
+                log.error("cannot serve metrics: %s", exc)
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+                return 1
+        try:
+            return self._tend()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
+            if self._metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _tend(self) -> int:
         for _ in range(self._config.server.workers):
             self._start_worker()
 
@@ -231,6 +266,7 @@ class Supervisor:
                 self._path,
                 supervisor=self._pid,
                 ready=self._tell_ready,
+                metrics_socket=self._metrics_socket(os.getpid()),
             )
             code = worker.run()
         except BaseException:
@@ -238,6 +274,11 @@ class Supervisor:
         finally:
             sys.stderr.flush()
             os._exit(code)
+
+    def _metrics_socket(self, pid: int) -> str:
+        if not self._metrics_dir:
+            return ""
+        return os.path.join(self._metrics_dir, f"{pid}.sock")
 
     def _tell_ready(self) -> None:
         """In a worker: tell the supervisor that it serves."""
@@ -256,6 +297,9 @@ class Supervisor:
                 break
             if pid in self._workers:  # else an orphan adopted as PID 1: reaped
                 served = self._workers.pop(pid)
+                if self._metrics_dir:  # left behind by a worker killed outright
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._metrics_socket(pid))
                 ended.append((pid, os.waitstatus_to_exitcode(wait_status), served))
         return ended
 

@@ -4,11 +4,13 @@ scrape of the metrics listener shows; off unless metrics.listen is set."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
 import pathlib
 import re
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -22,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from gateway.config import load_config
-from gateway.errors import ConfigError
 from gateway.log import (
     UPSTREAM_SECONDS,
     AccessLogger,
@@ -31,7 +32,7 @@ from gateway.log import (
     auth_log,
     setup_logging,
 )
-from gateway.metrics import METRICS, Metrics
+from gateway.metrics import METRICS, Metrics, sum_expositions
 from gateway.mock_reddit import MockReddit
 from tests.conftest import (
     CLIENT_ID,
@@ -40,6 +41,7 @@ from tests.conftest import (
     StackFactory,
     free_port,
 )
+from tests.test_lifecycle_functional import serving_pid, worker_pids
 from tests.test_serve_functional import wait_until_serving
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -162,7 +164,7 @@ SERVED = """
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-workers = 1
+workers = {workers}
 
 [upstream]
 url = "{upstream}"
@@ -200,6 +202,7 @@ async def test_a_served_gateway_shows_its_counters_at_metrics_listen(
     config.write_text(
         SERVED.format(
             port=port,
+            workers=1,
             metrics_port=metrics_port,
             upstream=str(upstream.make_url("")).rstrip("/"),
             reddit=reddit_url,
@@ -276,23 +279,113 @@ async def sign_in(browser: aiohttp.ClientSession, url: URL, username: str) -> in
         return finished.status
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_metrics_need_a_single_worker(workers: str) -> None:
+async def test_workers_counts_are_summed_at_one_listener(
+    aiohttp_server: Any, tmp_path: pathlib.Path
+) -> None:
+    reddit = MockReddit()
+    reddit_url = str((await aiohttp_server(reddit.app())).make_url("")).rstrip("/")
+    upstream = await aiohttp_server(Upstream().app())
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        SERVED.format(
+            port=port,
+            workers=2,
+            metrics_port=metrics_port,
+            upstream=str(upstream.make_url("")).rstrip("/"),
+            reddit=reddit_url,
+            client_id=CLIENT_ID,
+        )
+    )
+    url = URL(f"http://127.0.0.1:{port}")
+    env = {
+        **os.environ,
+        "GATEWAY_SESSION_SECRET": SESSION_SECRET,
+        "GATEWAY_REDDIT_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    with open(tmp_path / "gateway.log", "wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    metrics_url = URL(f"http://127.0.0.1:{metrics_port}/metrics")
+    workers: set[int] = set()
+    try:
+        await wait_until_serving(url, process)  # one ping, on either worker
+        sent = 1
+        async with asyncio.timeout(10):
+            while len(workers := worker_pids(process.pid)) < 2:  # noqa: ASYNC110 (/proc)
+                await asyncio.sleep(0.02)
+        served: dict[int, int] = {}
+        while sent < 20 or len(served) < 2:
+            assert sent < 400, f"one worker served every request: {served}"
+            own_port = free_port()
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", own_port))
+            async with (
+                aiohttp.ClientSession(connector=connector) as client,
+                client.get(url / "oauth2/ping") as pong,
+            ):
+                assert pong.status == 200
+                pid = serving_pid(own_port, port, workers)
+            served[pid] = served.get(pid, 0) + 1
+            sent += 1
+
+        requests = "reddit_gateway_requests_total"
+        async with asyncio.timeout(10):
+            while True:  # a request's line is written once it has been answered
+                samples = await scrape(metrics_url)
+                if value(samples, requests, method="GET", status="2xx") >= sent:
+                    break
+                await asyncio.sleep(0.05)
+        assert value(samples, requests, method="GET", status="2xx") == sent
+        assert value(samples, "reddit_gateway_websockets_open") == 0
+        assert value(samples, "reddit_gateway_logins_total", outcome="ok") == 0
+    finally:
+        process.terminate()
+        assert await process.wait() == 0
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sums_take_the_least_of_reddits_budget_and_of_created() -> None:
+    def worker(requests: int, remaining: float, created: float) -> str:
+        return (
+            "# TYPE reddit_gateway_requests counter\n"
+            f'reddit_gateway_requests_total{{method="GET",status="2xx"}} {requests}\n'
+            f'reddit_gateway_requests_created{{method="GET",status="2xx"}} {created}\n'
+            "# TYPE reddit_gateway_reddit_ratelimit_remaining gauge\n"
+            f"reddit_gateway_reddit_ratelimit_remaining {remaining}\n"
+            "# TYPE reddit_gateway_websockets_open gauge\n"
+            f"reddit_gateway_websockets_open {requests}\n"
+        )
+
+    summed = sum_expositions([worker(3, 500, 20.0), worker(4, 480, 10.0)])
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for sample in (s for family in summed for s in family.samples)
+    }
+    get = {"method": "GET", "status": "2xx"}
+    assert value(samples, "reddit_gateway_requests_total", **get) == 7
+    assert value(samples, "reddit_gateway_requests_created", **get) == 10.0
+    assert value(samples, "reddit_gateway_reddit_ratelimit_remaining") == 480
+    assert value(samples, "reddit_gateway_websockets_open") == 7
+
+
+def test_metrics_listen_is_allowed_with_several_workers() -> None:
     env = {
         "GATEWAY_SERVER_PUBLIC_URL": "https://app.example.com",
-        "GATEWAY_SERVER_WORKERS": workers,
+        "GATEWAY_SERVER_WORKERS": "2",
         "GATEWAY_REDDIT_CLIENT_ID": CLIENT_ID,
         "GATEWAY_REDDIT_CLIENT_SECRET": CLIENT_SECRET,
         "GATEWAY_REDDIT_USER_AGENT": "test:reddit-gateway-tests:v1 (by /u/tests)",
         "GATEWAY_SESSION_SECRET": SESSION_SECRET,
         "GATEWAY_METRICS_LISTEN": "127.0.0.1:9180",
     }
-    if workers == "0" and len(os.sched_getaffinity(0)) == 1:
-        pytest.skip("one CPU: 0 workers means one")
-
-    with pytest.raises(ConfigError, match=r"server\.workers = 1") as raised:
-        load_config(None, env)
-    assert raised.value.key == "metrics.listen"
+    config = load_config(None, env)
+    assert (config.server.workers, config.metrics.listen) == (2, "127.0.0.1:9180")
 
 
 async def test_metrics_are_off_by_default(make_stack: StackFactory) -> None:
