@@ -24,8 +24,8 @@ from gateway.policy import Decision, Policy, Route, UserFacts
 from gateway.reddit import RedditClient
 from gateway.redirects import return_target
 from gateway.renewal import SessionRenewal
-from gateway.session import SessionPayload, write_cookie
-from gateway.session_store import SessionStore, cookie_lifetime
+from gateway.session import SessionPayload
+from gateway.session_store import SessionStore, cookie_lifetime, write_session_cookie
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_RETURN_CHARS = 1024
@@ -185,15 +185,7 @@ class Authenticator:
     def write_cookie(
         self, response: web.StreamResponse, value: str, max_age: int
     ) -> None:
-        write_cookie(
-            response,
-            self._cookie_name,
-            value,
-            path="/",
-            max_age=max_age,
-            secure=self._config.cookie_secure,
-            domain=self._config.cookie_domain or None,
-        )
+        write_session_cookie(response, self._config, value, max_age)
 
     async def send_pending_cookie(
         self, request: web.BaseRequest, response: web.StreamResponse

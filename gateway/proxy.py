@@ -41,6 +41,24 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
 
 
+def refuse_target(request: web.BaseRequest) -> web.Response | None:
+    """A 4xx for a request no upstream should see (websockets included), else None."""
+    target = request.raw_path
+    if not target.startswith("/") or _UNSAFE_TARGET.search(target):
+        # SECURITY: request smuggling via the request target
+        log.warning("bad_request_target method=%s", request.method)
+        return json_error(400, "bad_request", "The request target is not a path.")
+    if has_dot_segment(target):
+        # SECURITY: path traversal out of the upstream's base path (and past
+        # any rule made on the path): "..", also as %2e%2e or behind %2f.
+        log.warning("dot_segment_target method=%s", request.method)
+        return json_error(400, "bad_request", "The path has . or .. segments.")
+    if request.method in ("TRACE", "TRACK"):
+        # SECURITY: cross-site tracing: an echo of the request's headers.
+        return json_error(405, "method_not_allowed", "TRACE is not served.")
+    return None
+
+
 def has_dot_segment(target: str) -> bool:
     """True if the path, decoded once, has a "." or ".." segment (/ or \\ apart),
     also one with ";params" ("/..;/", which servlet containers read as "..")."""
@@ -91,18 +109,9 @@ class UpstreamProxy:
         that leaves during any long wait has its upstream request ended too.
         """
         target = request.raw_path
-        if not target.startswith("/") or _UNSAFE_TARGET.search(target):
-            # SECURITY: request smuggling via the request target
-            log.warning("bad_request_target method=%s", request.method)
-            return json_error(400, "bad_request", "The request target is not a path.")
-        if has_dot_segment(target):
-            # SECURITY: path traversal out of the upstream's base path (and past
-            # any rule made on the path): "..", also as %2e%2e or behind %2f.
-            log.warning("dot_segment_target method=%s", request.method)
-            return json_error(400, "bad_request", "The path has . or .. segments.")
-        if request.method in ("TRACE", "TRACK"):
-            # SECURITY: cross-site tracing: an echo of the request's headers.
-            return json_error(405, "method_not_allowed", "TRACE is not served.")
+        refused = refuse_target(request)
+        if refused is not None:
+            return refused
         if self._host is not None:
             headers["Host"] = self._host
         url = URL(self._prefix + target, encoded=True)
@@ -155,13 +164,14 @@ class UpstreamProxy:
             return json_error(400, "bad_request", "The request has a malformed header.")
 
         try:
-            return await self._relay(request, upstream)
+            return await self.relay_answer(request, upstream)
         finally:
             upstream.release()
 
-    async def _relay(
+    async def relay_answer(
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
+        """The upstream's answer to the client: status, headers, streamed body."""
         if upstream.status < 200:  # an unasked-for 101: there is nothing to switch
             return _unreachable(request, aiohttp.ClientError("informational answer"))
         content = upstream.content

@@ -60,7 +60,11 @@ class UpstreamClients:
 
         self.proxy = UpstreamProxy(upstream, session, own_cookie, public_url=public_url)
         self.websockets = WebSocketRelay(
-            upstream, websocket_session, public_url=public_url, is_own_cookie=own_cookie
+            upstream,
+            websocket_session,
+            public_url=public_url,
+            relay_answer=self.proxy.relay_answer,
+            is_own_cookie=own_cookie,
         )
         self._users = 0
         self._retired = False

@@ -208,12 +208,19 @@ class SessionStorage(AbstractStorage):
         self.write(response, handle, lifetime)
 
     def write(self, response: web.StreamResponse, value: str, max_age: int) -> None:
-        write_cookie(
-            response,
-            self.cookie_name,
-            value,
-            path="/",
-            max_age=max_age,
-            secure=self._config.cookie_secure,
-            domain=self._config.cookie_domain or None,
-        )
+        write_session_cookie(response, self._config, value, max_age)
+
+
+def write_session_cookie(
+    response: web.StreamResponse, config: SessionConfig, value: str, max_age: int
+) -> None:
+    """The session cookie as configured; an empty value with max_age 0 clears it."""
+    write_cookie(
+        response,
+        config.cookie_name,
+        value,
+        path="/",
+        max_age=max_age,
+        secure=config.cookie_secure,
+        domain=config.cookie_domain or None,
+    )

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
 from gateway.log import STILL_ALLOWED, UPSTREAM_SECONDS
 from gateway.pages import json_error
-from gateway.proxy import error_reason, log_path
+from gateway.proxy import error_reason, log_path, refuse_target
 from gateway.redirect_rewrite import RedirectRewriter
 from gateway.upstream_session import make_connector
 
@@ -74,7 +73,6 @@ _FORWARDED = frozenset(
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 # origin-form only, as for plain HTTP: no control characters, spaces, non-ASCII,
 # or fragment
-_UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -114,8 +112,11 @@ class WebSocketRelay:
         session: aiohttp.ClientSession,
         *,
         public_url: URL,
+        relay_answer: AnswerRelay,
         is_own_cookie: Callable[[str], bool] = lambda _: False,
     ) -> None:
+        """``relay_answer`` passes on an upstream answer that is not an upgrade
+        (the HTTP proxy's own, so refusals stream as any answer does)."""
         base = upstream.url.with_query(None).with_fragment(None)
         self._prefix = str(base).rstrip("/")
         self._timeout = upstream.timeout
@@ -124,6 +125,7 @@ class WebSocketRelay:
         self._max_message = upstream.websocket_max_message
         self._public_url = public_url
         self._session = session
+        self._relay_answer = relay_answer
         self._is_own_cookie = is_own_cookie
         self._rewrite_link: Callable[[str, str], str] | None = None
         if upstream.rewrite_redirects:
@@ -153,11 +155,9 @@ class WebSocketRelay:
         ``headers`` are the upstream request headers built for plain HTTP (identity
         set, spoofs and gateway cookies removed); they are adjusted here in place.
         """
-        target = request.raw_path
-        if not target.startswith("/") or _UNSAFE_TARGET.search(target):
-            # SECURITY: request smuggling via the request target
-            log.warning("bad_request_target method=%s", request.method)
-            return json_error(400, "bad_request", "The request target is not a path.")
+        refused = refuse_target(request)
+        if refused is not None:
+            return refused
         offered = _offered_protocols(request)
         if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
             return json_error(
@@ -316,51 +316,14 @@ class WebSocketRelay:
             "websocket_refused status=%s path=%s", answer.status, log_path(request)
         )
         try:
-            response = web.StreamResponse(
-                status=answer.status,
-                reason=answer.reason,
-                headers=downstream_response_headers(
-                    answer.headers, self._is_own_cookie, self._rewrite_link
-                ),
-            )
-            try:
-                await response.prepare(request)
-            except ValueError as exc:  # a header aiohttp cannot encode
-                log.warning(
-                    "bad_upstream_header path=%s error=%s",
-                    log_path(request),
-                    type(exc).__name__,
-                )
-                return _bad_gateway()
-            except ConnectionError:
-                return response  # the client left; nothing to tell it
-
-            try:
-                async for chunk in answer.content.iter_any():
-                    await response.write(chunk)
-            except ConnectionError:
-                log.info("client_gone path=%s", log_path(request))
-                answer.close()
-                return response
-            except (aiohttp.ClientError, OSError) as exc:
-                log.warning(
-                    "upstream_aborted path=%s error=%s",
-                    log_path(request),
-                    error_reason(exc),
-                )
-                answer.close()
-                # Never let a cut-off body look complete.
-                response.force_close()
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-
-            await response.write_eof()
-            return response
+            return await self._relay_answer(request, answer)
         finally:
             answer.release()
 
 
+AnswerRelay: TypeAlias = Callable[
+    [web.Request, aiohttp.ClientResponse], Awaitable[web.StreamResponse]
+]
 _AppSocket: TypeAlias = "aiohttp.ClientWebSocketResponse[Literal[False]]"
 _ClientSocket: TypeAlias = "web.WebSocketResponse[Literal[False]]"
 _Side = Literal["client", "app"]

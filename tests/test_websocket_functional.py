@@ -834,3 +834,18 @@ async def test_a_refreshed_session_reaches_the_browser_on_the_upgrade(
     await settled(stack)
 
     assert any(cookie.startswith("_reddit_gateway=") for cookie in renewed)
+
+
+@pytest.mark.parametrize(
+    "path", ["/ws/../ws/echo", "/ws/%2e%2e/ws/echo", "/ws/..;/echo"]
+)
+async def test_path_traversal_on_a_websocket_upgrade_is_refused(
+    stack: Stack, browser: aiohttp.ClientSession, ws_app: WebSocketApp, path: str
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await browser.ws_connect(
+            URL(str(stack.url) + path, encoded=True), origin=str(stack.url)
+        )
+
+    assert refused.value.status == 400
+    assert ws_app.handshakes == []
