@@ -16,6 +16,7 @@ from typing import Any
 
 from yarl import URL
 
+from gateway.cpus import usable_cpus
 from gateway.errors import ConfigError
 
 MIN_SECRET_LENGTH = 32
@@ -480,12 +481,13 @@ def _build_server(get: Any) -> ServerConfig:
 
 
 def _workers(count: int) -> int:
-    """0 means one worker per CPU this process may use (a container's limit)."""
+    """0 means one worker per CPU this process may use: its CPU quota, else its
+    CPU affinity."""
     if count < 0 or count > 64:
         raise ConfigError("server.workers", "must be 0 (one per CPU) to 64")
     if count:
         return count
-    return max(1, len(os.sched_getaffinity(0)))
+    return min(64, usable_cpus())
 
 
 def _build_upstream(get: Any) -> UpstreamConfig:
@@ -1007,6 +1009,9 @@ def _effective(config: Config, section: str) -> dict[str, Any]:
             "public_url": str(s.public_url),
             "redirect_url": s.redirect_url,
             "trusted_proxies": [str(n) for n in s.trusted_proxies],
+            "workers": s.workers,  # 0 shows as the count it chose
+            "shutdown_timeout": s.shutdown_timeout,
+            "sign_in_page": s.sign_in_page,
         }
     part = getattr(config, section)
     values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}

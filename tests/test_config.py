@@ -66,6 +66,22 @@ def test_file_values_and_environment_overrides(tmp_path: pathlib.Path) -> None:
     assert config.access.users == frozenset({"x_y"})
 
 
+def test_workers_default_to_the_cpus_the_container_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gateway.config
+
+    def workers(setting: str) -> int:
+        env = {**BASE_ENV, "GATEWAY_SERVER_WORKERS": setting}
+        return load_config(None, env).server.workers
+
+    monkeypatch.setattr(gateway.config, "usable_cpus", lambda: 3)
+    assert (workers(""), workers("0"), workers("5")) == (3, 3, 5)
+
+    monkeypatch.setattr(gateway.config, "usable_cpus", lambda: 200)
+    assert workers("0") == 64
+
+
 def test_redirect_url_is_kept_byte_for_byte() -> None:
     env = {
         **BASE_ENV,
@@ -153,6 +169,8 @@ def test_empty_string_means_not_set() -> None:
         ("[access]\nallow_suspended = 'no'\n", {}, "access.allow_suspended"),
         ("[access]\nrecheck_interval = 59\n", {}, "access.recheck_interval"),
         ("[access]\nrecheck_grace = -1\n", {}, "access.recheck_grace"),
+        ("[server]\nworkers = -1\n", {}, "server.workers"),
+        ("[server]\nworkers = 65\n", {}, "server.workers"),
         ("[access]\nroutes = '/admin'\n", {}, "access.routes"),
         ("[access]\nroutes = ['/admin']\n", {}, "access.routes"),
         ("", {"GATEWAY_ACCESS_ROUTES": "/admin"}, "GATEWAY_ACCESS_ROUTES"),
@@ -288,6 +306,7 @@ def test_check_command_prints_masked_config_and_fails_on_errors() -> None:
     assert good.returncode == 0, good.stderr
     assert "client-secret-abcdef" not in good.stdout + good.stderr
     assert 'public_url = "https://app.example.com"' in good.stdout
+    assert "\nworkers = " in good.stdout
     assert bad.returncode != 0
     assert "session.secret" in bad.stderr
 
