@@ -85,6 +85,9 @@ class RedditConfig:
     revoke_url: URL
     api_url: URL
     timeout: float
+    # Code redemptions a second (and at once) across all users of one worker.
+    sign_ins_per_second: float = 10.0
+    sign_in_burst: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "revoke_url": ("str", "https://www.reddit.com/api/v1/revoke_token"),
         "api_url": ("str", "https://oauth.reddit.com"),
         "timeout": ("float", 10.0),
+        "sign_ins_per_second": ("float", 10.0),
+        "sign_in_burst": ("int", 50),
     },
     "session": {
         "secret": ("secret", ""),
@@ -622,6 +627,10 @@ def _build_reddit(get: Any) -> RedditConfig:
         revoke_url=_http_url("reddit.revoke_url", get("reddit.revoke_url")),
         api_url=_http_url("reddit.api_url", get("reddit.api_url")),
         timeout=_positive("reddit.timeout", get("reddit.timeout")),
+        sign_ins_per_second=_positive(
+            "reddit.sign_ins_per_second", get("reddit.sign_ins_per_second")
+        ),
+        sign_in_burst=_at_least("reddit.sign_in_burst", get("reddit.sign_in_burst"), 1),
     )
 
 

@@ -38,11 +38,6 @@ from gateway.session_store import SessionStore
 
 log = logging.getLogger("gateway")
 
-# Code redemptions per second (and in a burst) across all users: far above
-# what real sign-ins need, far below what would get the client id throttled.
-SIGN_INS_PER_SECOND = 10.0
-SIGN_IN_BURST = 50
-
 _STATE_PROBLEMS = {
     "missing": "This sign-in link is incomplete.",
     "unknown": "This sign-in link does not belong to this browser, or it has expired.",
@@ -74,7 +69,11 @@ class Endpoints:
         self._auth = authenticator
         self._store = store
         self._policy = policy
-        self._sign_ins = TokenBucket(SIGN_INS_PER_SECOND, SIGN_IN_BURST, clock)
+        # Code redemptions across all users (reddit.sign_ins_per_second and
+        # reddit.sign_in_burst): every one costs calls on the client id's budget.
+        self._sign_ins = TokenBucket(
+            config.reddit.sign_ins_per_second, config.reddit.sign_in_burst, clock
+        )
         self._upstream = upstream
         self._clock = clock
         self._jwks = signer.jwks() if signer is not None else None

@@ -66,6 +66,26 @@ def test_file_values_and_environment_overrides(tmp_path: pathlib.Path) -> None:
     assert config.access.users == frozenset({"x_y"})
 
 
+def test_sign_in_limit_defaults_file_values_and_environment(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = write(tmp_path, "[reddit]\nsign_ins_per_second = 2\nsign_in_burst = 5\n")
+    env = {**BASE_ENV, "GATEWAY_REDDIT_SIGN_IN_BURST": "7"}
+
+    default = load_config(None, BASE_ENV).reddit
+    from_file = load_config(path, BASE_ENV).reddit
+    from_env = load_config(path, env).reddit
+    rate_from_env = load_config(
+        None, {**BASE_ENV, "GATEWAY_REDDIT_SIGN_INS_PER_SECOND": "0.5"}
+    ).reddit
+
+    assert (default.sign_ins_per_second, default.sign_in_burst) == (10.0, 50)
+    assert (from_file.sign_ins_per_second, from_file.sign_in_burst) == (2.0, 5)
+    assert (from_env.sign_ins_per_second, from_env.sign_in_burst) == (2.0, 7)
+    assert rate_from_env.sign_ins_per_second == 0.5
+    assert isinstance(from_file.sign_ins_per_second, float)
+
+
 def test_workers_default_to_the_cpus_the_container_may_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -171,6 +191,12 @@ def test_empty_string_means_not_set() -> None:
         ("[access]\nrecheck_grace = -1\n", {}, "access.recheck_grace"),
         ("[server]\nworkers = -1\n", {}, "server.workers"),
         ("[server]\nworkers = 65\n", {}, "server.workers"),
+        ("[reddit]\nsign_ins_per_second = 0\n", {}, "reddit.sign_ins_per_second"),
+        ("[reddit]\nsign_ins_per_second = -1\n", {}, "reddit.sign_ins_per_second"),
+        ("[reddit]\nsign_ins_per_second = 'x'\n", {}, "reddit.sign_ins_per_second"),
+        ("[reddit]\nsign_in_burst = 0\n", {}, "reddit.sign_in_burst"),
+        ("[reddit]\nsign_in_burst = 2.5\n", {}, "reddit.sign_in_burst"),
+        ("[reddit]\nsign_in_burst = true\n", {}, "reddit.sign_in_burst"),
         ("[access]\nroutes = '/admin'\n", {}, "access.routes"),
         ("[access]\nroutes = ['/admin']\n", {}, "access.routes"),
         ("", {"GATEWAY_ACCESS_ROUTES": "/admin"}, "GATEWAY_ACCESS_ROUTES"),
@@ -190,6 +216,22 @@ def test_empty_string_means_not_set() -> None:
         ("", {"GATEWAY_REDDIT_SCOPES": "identity,bogus"}, "reddit.scopes"),
         ("", {"GATEWAY_REDDIT_SCOPES": "read"}, "reddit.scopes"),
         ("", {"GATEWAY_REDDIT_DURATION": "forever"}, "reddit.duration"),
+        (
+            "",
+            {"GATEWAY_REDDIT_SIGN_INS_PER_SECOND": "0"},
+            "reddit.sign_ins_per_second",
+        ),
+        (
+            "",
+            {"GATEWAY_REDDIT_SIGN_INS_PER_SECOND": "inf"},
+            "GATEWAY_REDDIT_SIGN_INS_PER_SECOND",
+        ),
+        ("", {"GATEWAY_REDDIT_SIGN_IN_BURST": "0"}, "reddit.sign_in_burst"),
+        (
+            "",
+            {"GATEWAY_REDDIT_SIGN_IN_BURST": "1.5"},
+            "GATEWAY_REDDIT_SIGN_IN_BURST",
+        ),
         ("", {"GATEWAY_SERVER_PUBLIC_URL": "app.example.com"}, "server.public_url"),
         (
             "",
@@ -307,6 +349,8 @@ def test_check_command_prints_masked_config_and_fails_on_errors() -> None:
     assert "client-secret-abcdef" not in good.stdout + good.stderr
     assert 'public_url = "https://app.example.com"' in good.stdout
     assert "\nworkers = " in good.stdout
+    assert "\nsign_ins_per_second = 10.0\n" in good.stdout
+    assert "\nsign_in_burst = 50\n" in good.stdout
     assert bad.returncode != 0
     assert "session.secret" in bad.stderr
 

@@ -529,6 +529,41 @@ async def test_reddit_timeout_at_callback_is_a_502(make_stack: StackFactory) -> 
     assert "not answering" in await response.text()
 
 
+async def junk_callback(stack: Stack, browser: aiohttp.ClientSession) -> int:
+    """A fresh state of this browser's, with a code reddit never issued."""
+    async with browser.get(stack.url / "oauth2/start", allow_redirects=False) as start:
+        state = URL(start.headers["Location"]).query["state"]
+    callback = URL(stack.config.server.redirect_url).with_query(
+        state=state, code="junk-code"
+    )
+    async with browser.get(callback, allow_redirects=False) as response:
+        return response.status
+
+
+async def test_reddit_call_amplification_by_junk_callbacks_stops_at_the_burst(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(reddit_sign_in_burst="3", reddit_sign_ins_per_second="0.5")
+    assert stack.config.reddit.sign_in_burst == 3
+
+    async with stack.browser() as attacker:
+        statuses = [await junk_callback(stack, attacker) for _ in range(5)]
+    assert statuses == [400, 400, 400, 429, 429]
+    assert token_calls(stack) == 3
+
+    async with stack.browser() as browser:
+        refused = await stack.login(browser, "alice")
+        assert refused.status == 429
+        assert "Too many sign-ins" in await refused.text()
+        assert token_calls(stack) == 3
+
+        stack.clock.advance(2)  # one sign-in's worth at 0.5 a second
+        finished = await stack.login(browser, "alice")
+        assert finished.status == 302
+        assert await junk_callback(stack, browser) == 429
+    assert token_calls(stack) == 4
+
+
 async def test_declined_consent_is_a_friendly_page_without_a_loop(
     stack: Stack, browser: aiohttp.ClientSession
 ) -> None:
