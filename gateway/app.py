@@ -34,6 +34,7 @@ from gateway.reloadable import RELOADABLE, Reloadable, UpstreamClients
 from gateway.renewal import SessionRenewal
 from gateway.session import SessionCodec
 from gateway.session_store import CookieStore, SessionStorage, SessionStore
+from gateway.upstream_client import UpstreamPool
 from gateway.websocket import is_websocket_upgrade
 
 log = logging.getLogger("gateway.proxy")
@@ -44,7 +45,7 @@ async def build_app(
     *,
     clock: Callable[[], float] = time.time,
     reddit_session: aiohttp.ClientSession | None = None,
-    upstream_session: aiohttp.ClientSession | None = None,
+    upstream_pool: UpstreamPool | None = None,
     metrics_listen: str = "",
 ) -> web.Application:
     """The gateway as an aiohttp Application; client sessions it makes it closes.
@@ -78,7 +79,7 @@ async def build_app(
         return name == config.session.cookie_name or states.is_gateway_cookie(name)
 
     # What a SIGHUP may change: read per request, never kept.
-    reloadable = Reloadable(config, clock, own_cookie, upstream_session)
+    reloadable = Reloadable(config, clock, own_cookie, upstream_pool)
     signer = make_signer(config, clock)
     metrics_listen = metrics_listen or config.metrics.listen
     metrics = Metrics() if metrics_listen else None

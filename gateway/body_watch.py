@@ -7,6 +7,7 @@ client went away, so a wait that may be long looks at the connection now and the
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -16,9 +17,17 @@ from aiohttp import web
 CLIENT_CHECK_INTERVAL = 2.0
 
 
-async def next_chunk(
-    request: web.Request, content: aiohttp.StreamReader, idle: float
-) -> bytes:
+class Body(Protocol):
+    """An answer's body as it arrives (aiohttp's StreamReader, or ours)."""
+
+    def read_nowait(self) -> bytes: ...
+
+    def at_eof(self) -> bool: ...
+
+    async def readany(self) -> bytes: ...
+
+
+async def next_chunk(request: web.Request, content: Body, idle: float) -> bytes:
     """What has arrived of the upstream's body, waiting for it if need be; b"" at
     its end. Raises ClientGone, or UpstreamIdle after ``idle`` seconds (0: never)."""
     chunk = content.read_nowait()

@@ -27,6 +27,13 @@ from gateway.headers import downstream_response_headers
 from gateway.log import UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
+from gateway.upstream_client import (
+    UpstreamAnswer,
+    UpstreamError,
+    UpstreamPool,
+    body_framing,
+    request_head,
+)
 
 log = logging.getLogger("gateway.proxy")
 
@@ -35,8 +42,6 @@ log = logging.getLogger("gateway.proxy")
 # and Apache; header fields twice that, for an app's cookies beside our 4 KiB one.
 # SECURITY: header flooding: a request's head is bounded before any handler runs
 REQUEST_LIMITS = {"max_line_size": 8190, "max_field_size": 16384, "max_headers": 128}
-# aiohttp adds these unless told not to; the upstream gets only what the client sent.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # origin-form only: no control characters, spaces, non-ASCII, or fragment
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]|#")
 
@@ -75,23 +80,23 @@ def has_dot_segment(target: str) -> bool:
 
 
 class UpstreamProxy:
-    """Forwards requests to one upstream app through a shared ClientSession."""
+    """Forwards requests to one upstream app through its connection pool."""
 
     def __init__(
         self,
         upstream: UpstreamConfig,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         is_own_cookie: Callable[[str], bool] = lambda _: False,
         *,
         public_url: URL | None = None,
     ) -> None:
         """``public_url``: where the app's links to itself are pointed (None: not)."""
         base = upstream.url.with_query(None).with_fragment(None)
-        self._prefix = str(base).rstrip("/")
+        self._base_path = base.raw_path.rstrip("/")
         self._timeout = upstream.timeout
         self._idle = upstream.idle_timeout
         self._host = None if upstream.pass_host_header else upstream.url.raw_authority
-        self._session = session
+        self._pool = pool
         self._is_own_cookie = is_own_cookie
         self._rewrite_link: Callable[[str, str], str] | None = None
         if upstream.rewrite_redirects and public_url is not None:
@@ -108,17 +113,24 @@ class UpstreamProxy:
         ways may pause for up to ``upstream.idle_timeout`` (0: forever). A client
         that leaves during any long wait has its upstream request ended too.
         """
-        target = request.raw_path
         refused = refuse_target(request)
         if refused is not None:
             return refused
+        method = request.method
         if self._host is not None:
             headers["Host"] = self._host
-        url = URL(self._prefix + target, encoded=True)
+        has_body = request.body_exists
+        chunked = body_framing(method, headers, has_body)
+        try:
+            target = self._base_path + request.raw_path
+            head = request_head(method, target, headers, self._pool.authority)
+        except ValueError as exc:  # a line break in a header, a bad encoding
+            log.warning(  # the type only: the message may quote a header's value
+                "bad_request_header method=%s error=%s", method, type(exc).__name__
+            )
+            return json_error(400, "bad_request", "The request has a malformed header.")
         upload = (
-            Upload(request.content, self._timeout, self._idle)
-            if request.body_exists
-            else None
+            Upload(request.content, self._timeout, self._idle) if has_body else None
         )
 
         try:
@@ -128,14 +140,7 @@ class UpstreamProxy:
                     upload.deadline = deadline
                 try:
                     sent_at = time.monotonic()
-                    upstream = await self._session.request(
-                        request.method,
-                        url,
-                        headers=headers,
-                        data=upload,
-                        skip_auto_headers=_SKIP_AUTO_HEADERS,
-                        allow_redirects=False,
-                    )
+                    upstream = await self._pool.request(method, head, upload, chunked)
                     request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
                 finally:
                     watch.stop()
@@ -143,25 +148,14 @@ class UpstreamProxy:
                         upload.deadline = None
         except TimeoutError:
             if client_left(request):  # the watch ended the wait: nobody to answer
-                log.info(
-                    "client_gone method=%s path=%s", request.method, log_path(request)
-                )
+                log.info("client_gone method=%s path=%s", method, log_path(request))
                 return json_error(502, "bad_gateway", "The client left.")
-            log.warning(
-                "upstream_timeout method=%s path=%s", request.method, log_path(request)
-            )
+            log.warning("upstream_timeout method=%s path=%s", method, log_path(request))
             return json_error(504, "gateway_timeout", "The app did not answer in time.")
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             if upload is not None and upload.went_idle:
                 return _client_idle(request)
             return _unreachable(request, exc)
-        except ValueError as exc:  # a header aiohttp cannot encode, a bad length
-            log.warning(  # the type only: the message may quote a header's value
-                "bad_request_header method=%s error=%s",
-                request.method,
-                type(exc).__name__,
-            )
-            return json_error(400, "bad_request", "The request has a malformed header.")
 
         try:
             return await self.relay_answer(request, upstream)
@@ -169,7 +163,7 @@ class UpstreamProxy:
             upstream.release()
 
     async def relay_answer(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: UpstreamAnswer | aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """The upstream's answer to the client: status, headers, streamed body."""
         if upstream.status < 200:  # an unasked-for 101: there is nothing to switch
@@ -183,7 +177,7 @@ class UpstreamProxy:
             # The whole body came with the headers: answer with one write.
             try:
                 body = content.read_nowait()
-            except aiohttp.ClientError as exc:
+            except (UpstreamError, aiohttp.ClientError) as exc:
                 return _unreachable(request, exc)
             response: web.StreamResponse = web.Response(
                 status=upstream.status,
@@ -227,7 +221,7 @@ class UpstreamProxy:
             upstream.close()
             _abort(request, response)
             return response
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, aiohttp.ClientError, OSError) as exc:
             log.warning(
                 "upstream_aborted path=%s error=%s",
                 log_path(request),
@@ -273,6 +267,8 @@ def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
 def error_reason(exc: BaseException) -> str:
     # Never aiohttp's own text: ClientResponseError quotes the URL with its query and
     # every request header, Cookie included.
+    if isinstance(exc, UpstreamError):
+        return exc.reason
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"{type(exc).__name__}: {exc.os_error}"
     return type(exc).__name__

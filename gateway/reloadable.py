@@ -8,7 +8,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -16,6 +15,7 @@ from gateway.config import Config, UpstreamConfig, listing_rule_keys
 from gateway.errors import ConfigError
 from gateway.policy import LISTING_SCOPE, Policy
 from gateway.proxy import UpstreamProxy
+from gateway.upstream_client import UpstreamPool
 from gateway.upstream_session import make_upstream_session
 from gateway.websocket import WebSocketRelay, make_websocket_session
 
@@ -44,21 +44,21 @@ class UpstreamClients:
         upstream: UpstreamConfig,
         public_url: URL,
         own_cookie: Callable[[str], bool],
-        session: aiohttp.ClientSession | None = None,
+        pool: UpstreamPool | None = None,
     ) -> None:
-        """``session``: the proxy's client, made here (and closed) when None."""
+        """``pool``: the proxy's connections, made here (and closed) when None."""
         self.config = upstream
-        owned: list[aiohttp.ClientSession] = []
-        if session is None:
-            session = make_upstream_session(upstream)  # ConfigError: a bad CA file
-            owned.append(session)
+        self._pool = pool or UpstreamPool(upstream)  # ConfigError: a bad CA file
+        self._owns_pool = pool is None
         websocket_session = make_websocket_session(upstream)
         # /oauth2/ready gets connections of its own: a busy pool must not make the
         # gateway look dead to its orchestrator.
         self.probe = make_upstream_session(replace(upstream, max_connections=2))
-        self._owned = (*owned, websocket_session, self.probe)
+        self._owned = (websocket_session, self.probe)
 
-        self.proxy = UpstreamProxy(upstream, session, own_cookie, public_url=public_url)
+        self.proxy = UpstreamProxy(
+            upstream, self._pool, own_cookie, public_url=public_url
+        )
         self.websockets = WebSocketRelay(
             upstream,
             websocket_session,
@@ -90,6 +90,8 @@ class UpstreamClients:
         return self._closing is not None and self._closing.done()
 
     async def close(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
         for session in self._owned:
             await session.close()
 
@@ -108,14 +110,14 @@ class Reloadable:
         config: Config,
         clock: Callable[[], float],
         own_cookie: Callable[[str], bool],
-        upstream_session: aiohttp.ClientSession | None = None,
+        upstream_pool: UpstreamPool | None = None,
     ) -> None:
         self._running = config
         self._clock = clock
         self._own_cookie = own_cookie
         self.policy = Policy(config.access, clock)
         self.upstream = UpstreamClients(
-            config.upstream, config.server.public_url, own_cookie, upstream_session
+            config.upstream, config.server.public_url, own_cookie, upstream_pool
         )
         self._retired: list[UpstreamClients] = []
 

@@ -50,6 +50,19 @@ def make_connector(upstream: UpstreamConfig, limit: int) -> aiohttp.BaseConnecto
     )
 
 
+def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:
+    """The TLS settings for an https upstream: its CA file, the system's CAs, or
+    (tls_verify = false) no verification at all."""
+    verify = _tls(upstream)
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _tls(upstream: UpstreamConfig) -> ssl.SSLContext | bool:
     if not upstream.tls_verify:
         if upstream.url.scheme == "https":
