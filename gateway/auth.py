@@ -11,6 +11,7 @@ from yarl import URL
 
 from gateway.config import SessionConfig
 from gateway.errors import SessionStoreUnavailable
+from gateway.headers import cookie_value
 from gateway.log import (
     STILL_ALLOWED,
     UPSTREAM_KEY,
@@ -109,7 +110,7 @@ class Authenticator:
 
     async def current(self, request: web.BaseRequest) -> SessionPayload | None:
         """The signed-in session, if any; never calls reddit."""
-        handle = request.cookies.get(self._cookie_name)
+        handle = cookie_value(request.headers.get("Cookie"), self._cookie_name)
         if not handle:
             return None
         payload = await self._store.load(handle)
@@ -132,7 +133,7 @@ class Authenticator:
         if route.public:
             return await handler(request)  # no identity; spoofs still scrubbed
 
-        handle = request.cookies.get(self._cookie_name)
+        handle = cookie_value(request.headers.get("Cookie"), self._cookie_name)
         payload = await self._store.load(handle) if handle else None
         if payload is None or handle is None:
             return self.challenge(request)

@@ -171,33 +171,27 @@ def upstream_request_headers(
         else own_cookie_names
     )
     listed = _connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    kept: list[tuple[str, str]] = []
     spoofed: list[str] = []
 
     for name, value in incoming.items():
-        lname = name.lower()
-        key = lname.replace("_", "-").replace(".", "-")
-        if key.startswith(IDENTITY_PREFIX) or key in IDENTITY_CLAIMS:
-            # SECURITY: identity header spoofing (any case, "_" or "." for "-")
+        verdict = _REQUEST_VERDICTS.get(name)
+        if verdict is None:
+            verdict = _remember(_REQUEST_VERDICTS, name, _request_verdict(name))
+        if verdict == _SPOOF:
             spoofed.append(name)
             continue
-        if key in _NOT_PASSED:
-            # SECURITY: X-Forwarded-For spoofing (and X-Real-IP, Forwarded,
-            # X-Original-URL): replaced below or dropped, never passed on
+        # SECURITY: hop-by-hop header abuse: what Connection lists goes no further
+        if verdict == _DROP or (listed and name.lower() in listed):
             continue
-        # SECURITY: hop-by-hop header abuse: Connection cannot remove what we set below
-        if key in _REQUEST_DROP or lname in listed:
-            continue
-        if key == "content-length" and key != lname:
-            # SECURITY: request smuggling: CGI-style apps read Content_Length as length
-            continue
-        if key == "cookie":
+        if verdict == _COOKIE:
             # SECURITY: session cookie leak to upstream
             value = strip_cookies(value, is_own)
             if not value:
                 continue
-        out.add(name, value)
+        kept.append((name, value))
 
+    out: CIMultiDict[str] = CIMultiDict(kept)
     if user:
         out["X-Reddit-User"] = user
     if forwarded.client_chain:
@@ -208,6 +202,42 @@ def upstream_request_headers(
     if forwarded.forwarded:
         out["Forwarded"] = forwarded.forwarded
     return out, spoofed
+
+
+_PASS, _SPOOF, _DROP, _COOKIE, _REWRITE = "pass", "spoof", "drop", "cookie", "link"
+# What to do with a header, by its name as sent: few names recur, so each is judged
+# once. Bounded, so a client inventing names cannot grow it for ever.
+_REQUEST_VERDICTS: dict[str, str] = {}
+_RESPONSE_VERDICTS: dict[str, str] = {}
+_VERDICTS_KEPT = 2048
+
+
+def _remember(verdicts: dict[str, str], name: str, verdict: str) -> str:
+    if len(verdicts) < _VERDICTS_KEPT:
+        verdicts[name] = verdict
+    return verdict
+
+
+def _request_verdict(name: str) -> str:
+    lname = name.lower()
+    key = lname.replace("_", "-").replace(".", "-")
+    if key.startswith(IDENTITY_PREFIX) or key in IDENTITY_CLAIMS:
+        # SECURITY: identity header spoofing (any case, "_" or "." for "-")
+        return _SPOOF
+    if key in _NOT_PASSED:
+        # SECURITY: X-Forwarded-For spoofing (and X-Real-IP, Forwarded,
+        # X-Original-URL): replaced by the gateway's own or dropped, never passed on
+        return _DROP
+    # SECURITY: hop-by-hop header abuse: Connection cannot remove what the gateway
+    # sets (names it lists are dropped too, by the caller)
+    if key in _REQUEST_DROP:
+        return _DROP
+    if key == "content-length" and key != lname:
+        # SECURITY: request smuggling: CGI-style apps read Content_Length as length
+        return _DROP
+    if key == "cookie":
+        return _COOKIE
+    return _PASS
 
 
 def downstream_response_headers(
@@ -222,19 +252,48 @@ def downstream_response_headers(
     Refresh.
     """
     listed = _connection_tokens(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
+    kept: list[tuple[str, str]] = []
     for name, value in upstream.items():
-        lname = name.lower()
-        if lname in HOP_BY_HOP or lname in listed:
+        verdict = _RESPONSE_VERDICTS.get(name)
+        if verdict is None:
+            verdict = _remember(_RESPONSE_VERDICTS, name, _response_verdict(name))
+        if verdict == _DROP or (listed and name.lower() in listed):
             continue
-        # SECURITY: session overwrite by the upstream: the app may not set, clear
-        # or fixate the gateway's own cookies.
-        if lname == "set-cookie" and is_own_cookie(value.partition("=")[0].strip()):
-            continue
-        if rewrite_link is not None and lname in REWRITTEN_HEADERS:
-            value = rewrite_link(lname, value)
-        out.add(name, value)
-    return out
+        if verdict == _COOKIE:
+            # SECURITY: session overwrite by the upstream: the app may not set,
+            # clear or fixate the gateway's own cookies.
+            if is_own_cookie(value.partition("=")[0].strip()):
+                continue
+        elif verdict == _REWRITE and rewrite_link is not None:
+            value = rewrite_link(name.lower(), value)
+        kept.append((name, value))
+    return CIMultiDict(kept)
+
+
+def _response_verdict(name: str) -> str:
+    lname = name.lower()
+    if lname in HOP_BY_HOP:
+        return _DROP
+    if lname == "set-cookie":
+        return _COOKIE
+    if lname in REWRITTEN_HEADERS:
+        return _REWRITE
+    return _PASS
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header (the last, if repeated, as
+    aiohttp's parser does), without parsing the others."""
+    if not header or name not in header:
+        return None
+    found = None
+    for pair in header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip(" \t") == name:
+            found = value.strip(" \t")
+    if found is not None and len(found) > 1 and found[0] == found[-1] == '"':
+        found = found[1:-1]
+    return found
 
 
 def strip_cookies(header: str, is_own: Callable[[str], bool]) -> str:

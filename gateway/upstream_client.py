@@ -510,17 +510,17 @@ def request_head(
     """The request line and headers, as the app receives them.
 
     Raises ValueError for a line break in a name or value (header injection)."""
-    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    text = "\r\n".join(map(": ".join, headers.items()))
+    lines = len(headers)
     if "Host" not in headers:
-        lines.append(f"Host: {authority}\r\n")
-    text = "".join(lines)
+        text = f"{text}\r\nHost: {authority}" if text else f"Host: {authority}"
+        lines += 1
     # SECURITY: header injection: a CR or LF inside a name or value would start a
     # header (or a request) of its own at the app
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+    if text.count("\n") != lines - 1 or text.count("\r") != lines - 1:
         raise ValueError("line break in a header")
-    return f"{method} {target} HTTP/1.1\r\n{text}\r\n".encode(
-        "utf-8", "surrogateescape"
-    )
+    head = f"{method} {target} HTTP/1.1\r\n{text}\r\n\r\n"
+    return head.encode("utf-8", "surrogateescape")
 
 
 def body_framing(method: str, headers: CIMultiDict[str], has_body: bool) -> bool:

@@ -77,7 +77,7 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """True for a GET asking to switch to the websocket protocol."""
-    if request.method != "GET":
+    if request.method != "GET" or "Upgrade" not in request.headers:
         return False
     upgrade = _tokens(request.headers.getall("Upgrade", ()))
     connection = _tokens(request.headers.getall("Connection", ()))

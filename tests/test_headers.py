@@ -8,10 +8,12 @@ from collections.abc import Callable
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import headers as headers_module
 from gateway.headers import (
     GATEWAY_SET,
     HOP_BY_HOP,
     ForwardedFor,
+    cookie_value,
     downstream_response_headers,
     forwarded_facts,
     strip_cookies,
@@ -676,3 +678,50 @@ def test_session_cookie_leak_to_upstream_through_lenient_parsing(cookie: str) ->
     sent, _ = send(("Cookie", cookie))
 
     assert "SESSION" not in ";".join(sent.getall("Cookie", []))
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("other=1", None),
+        ("_g=abc", "abc"),
+        ("a=1; _g=abc; b=2", "abc"),
+        ("  _g = abc  ;b=2", "abc"),
+        ("_g=first; _g=second", "second"),  # the last, as aiohttp's parser
+        ('_g="abc"', "abc"),
+        ("x_g=abc; _gx=def", None),  # a name that only contains ours
+        ("a=_g=abc", None),  # ours inside another cookie's value
+        ("_g", None),  # no "=": no value
+        ("_g=", ""),
+    ],
+)
+def test_cookie_value_finds_only_the_named_cookie(
+    header: str | None, expected: str | None
+) -> None:
+    assert cookie_value(header, "_g") == expected
+
+
+def test_invented_header_names_cannot_grow_the_verdict_memory() -> None:
+    # SECURITY: memory exhaustion: every request inventing new header names
+    for batch in range(3):
+        incoming = CIMultiDict(
+            (f"X-Junk-{batch}-{i}", "1") for i in range(headers_module._VERDICTS_KEPT)
+        )
+        headers, _ = upstream_request_headers(
+            incoming, user="alice", forwarded=FORWARDED, own_cookie_names=frozenset()
+        )
+        assert headers[f"X-Junk-{batch}-7"] == "1"  # judged all the same
+
+    assert len(headers_module._REQUEST_VERDICTS) <= headers_module._VERDICTS_KEPT
+
+
+def test_a_header_judged_once_is_judged_the_same_next_time() -> None:
+    incoming = CIMultiDict({"X_Reddit_User": "admin", "X-Note": "1"})
+    for _ in range(2):
+        headers, spoofed = upstream_request_headers(
+            incoming, user="alice", forwarded=FORWARDED, own_cookie_names=frozenset()
+        )
+        assert spoofed == ["X_Reddit_User"]
+        assert headers.getall("X-Reddit-User") == ["alice"]
