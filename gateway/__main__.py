@@ -16,7 +16,6 @@ from gateway import __version__
 from gateway.config import Config, config_warnings, describe, load_config
 from gateway.errors import ConfigError, SessionStoreUnavailable
 from gateway.log import setup_logging
-from gateway.redis_store import RedisStore
 from gateway.server import event_loop, serve
 
 log = logging.getLogger("gateway")
@@ -116,6 +115,8 @@ def revoke_sessions(config: Config, user: str) -> int:
 
 
 async def _revoke_user(config: Config, user: str) -> int:
+    from gateway.redis_store import RedisStore  # redis loads only when used
+
     store = RedisStore.from_config(config.session, time.time)
     try:
         return await store.revoke_user(user)

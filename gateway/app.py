@@ -6,13 +6,12 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp_session import session_middleware
 
-from gateway.assertion import AssertionSigner
 from gateway.auth import (
     SESSION_KEY,
     Authenticator,
@@ -29,13 +28,15 @@ from gateway.metrics import Metrics
 from gateway.pages import json_error
 from gateway.proxy import REQUEST_LIMITS
 from gateway.reddit import RedditClient
-from gateway.redis_store import RedisStore
 from gateway.reloadable import RELOADABLE, Reloadable, UpstreamClients
 from gateway.renewal import SessionRenewal
 from gateway.session import SessionCodec
 from gateway.session_store import CookieStore, SessionStorage, SessionStore
 from gateway.upstream_client import UpstreamPool
 from gateway.websocket import is_websocket_upgrade
+
+if TYPE_CHECKING:
+    from gateway.assertion import AssertionSigner
 
 log = logging.getLogger("gateway.proxy")
 
@@ -160,6 +161,8 @@ def server_options() -> dict[str, Any]:
 
 def make_store(config: Config, clock: Callable[[], float]) -> SessionStore:
     if config.session.store == "redis":
+        from gateway.redis_store import RedisStore  # redis loads only when used
+
         return RedisStore.from_config(config.session, clock)
     codec = SessionCodec(config.session.secrets, config.session.max_age, clock)
     return CookieStore(codec, clock)
@@ -176,6 +179,8 @@ def default_audience(config: Config) -> str:
 def make_signer(config: Config, clock: Callable[[], float]) -> AssertionSigner | None:
     if not config.assertion.enabled:
         return None
+    from gateway.assertion import AssertionSigner  # jwt loads only when used
+
     return AssertionSigner(
         config.assertion,
         issuer=str(config.server.public_url),

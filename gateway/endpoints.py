@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
@@ -14,7 +15,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp_session import get_session, new_session
 
-from gateway.assertion import AssertionSigner
 from gateway.auth import Authenticator, LoginStarter, refusal
 from gateway.config import Config
 from gateway.errors import (
@@ -35,6 +35,9 @@ from gateway.redirects import return_target
 from gateway.reloadable import UpstreamClients
 from gateway.session import SessionPayload, payload_from_session, store_payload
 from gateway.session_store import SessionStore
+
+if TYPE_CHECKING:  # jwt and its keys load only when assertions are on
+    from gateway.assertion import AssertionSigner
 
 log = logging.getLogger("gateway")
 
