@@ -1,4 +1,4 @@
-"""Builds the aiohttp Application: middlewares, routes, client sessions. Wiring only."""
+"""Builds the aiohttp Application: routes, their guards, clients. Wiring only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gateway.auth import (
     SESSION_KEY,
     Authenticator,
     LoginStarter,
-    store_outage,
+    guard_endpoint,
 )
 from gateway.config import Config
 from gateway.endpoints import Endpoints
@@ -100,13 +100,15 @@ async def build_app(
         policy=lambda: reloadable.policy,
     )
     authenticator = Authenticator(
+        upstream=upstream_handler(
+            config, lambda: reloadable.upstream, own_cookie, signer=signer
+        ),
         store=store,
         renewal=renewal,
         session_config=config.session,
         policy=lambda: reloadable.policy,
         login=login,
         public_url=config.server.public_url,
-        endpoint_mw=session_middleware(storage),
         clock=clock,
         sign_in_page=config.server.sign_in_page,
     )
@@ -122,19 +124,19 @@ async def build_app(
         signer=signer,
         clock=clock,
     )
-    app = web.Application(middlewares=[store_outage, authenticator.middleware])
+    # No middlewares: each would be a layer of calls on every proxied request.
+    app = web.Application()
     app[RELOADABLE] = reloadable
     app.on_shutdown.append(reloadable.close_websockets)
     app.on_response_prepare.append(authenticator.send_pending_cookie)
-    app.router.add_routes(endpoints.routes())
-    app.router.add_route(
-        "*",
-        "/{tail:.*}",
-        upstream_handler(
-            config, lambda: reloadable.upstream, own_cookie, signer=signer
-        ),
-        name=UPSTREAM_ROUTE,
+    session_mw = session_middleware(storage)
+    app.router.add_routes(
+        web.RouteDef(
+            route.method, route.path, guard_endpoint(route.handler, session_mw), {}
+        )
+        for route in endpoints.routes()
     )
+    app.router.add_route("*", "/{tail:.*}", authenticator.admit, name=UPSTREAM_ROUTE)
 
     async def close_sessions(app: web.Application) -> None:
         for session in owned:

@@ -15,7 +15,6 @@ from gateway.headers import cookie_value
 from gateway.log import (
     STILL_ALLOWED,
     UPSTREAM_KEY,
-    UPSTREAM_ROUTE,
     USER_KEY,
     auth_event,
 )
@@ -78,10 +77,12 @@ class LoginStarter:
 
 
 class Authenticator:
-    """Guards every upstream route; the gateway's own endpoints pass to `endpoint_mw`.
+    """Guards the upstream route: a signed-in, allowed session, or no way through.
 
     This runs on every proxied request, so it reads the session cookie directly
-    instead of through aiohttp-session, whose middleware costs far more.
+    instead of through aiohttp-session, whose middleware costs far more, and it
+    wraps the route's handler instead of being a middleware (each of which is
+    another layer of calls on every request).
     """
 
     def __init__(
@@ -93,10 +94,11 @@ class Authenticator:
         policy: Callable[[], Policy],
         login: LoginStarter,
         public_url: URL,
-        endpoint_mw: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]],
         clock: Callable[[], float],
+        upstream: Handler,
         sign_in_page: bool = False,
     ) -> None:
+        """``upstream``: what an admitted request is handed to (the proxy)."""
         self._store = store
         self._renewal = renewal
         self._config = session_config
@@ -104,9 +106,9 @@ class Authenticator:
         self._policy = policy
         self._login = login
         self._public_url = public_url
-        self._endpoint_mw = endpoint_mw
         self._clock = clock
         self._sign_in_page = sign_in_page
+        self._upstream = upstream
 
     async def current(self, request: web.BaseRequest) -> SessionPayload | None:
         """The signed-in session, if any; never calls reddit."""
@@ -122,49 +124,52 @@ class Authenticator:
         facts = payload.facts or UserFacts(name=payload.user)
         return self._policy().decide(facts, route)
 
-    @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
-        if request.match_info.route.name != UPSTREAM_ROUTE:
-            return await self._endpoint_mw(request, handler)
-        request[UPSTREAM_KEY] = True
-        route = self._policy().route_for(request.raw_path)
-        if route.public:
-            return await handler(request)  # no identity; spoofs still scrubbed
+    async def admit(self, request: web.Request) -> web.StreamResponse:
+        """The upstream route's handler: ``upstream`` behind the session check and
+        the access rules."""
+        handler = self._upstream
+        try:
+            request[UPSTREAM_KEY] = True
+            route = self._policy().route_for(request.raw_path)
+            if route.public:
+                return await handler(request)  # no identity; spoofs still scrubbed
 
-        handle = cookie_value(request.headers.get("Cookie"), self._cookie_name)
-        payload = await self._store.load(handle) if handle else None
-        if payload is None or handle is None:
-            return self.challenge(request)
-        if self._renewal.is_idle(payload):
-            auth_event("signed_out", user=payload.user, reason="idle")
-            await self._store.delete(handle)
-            return self._ended(request)
-
-        if self._renewal.due(payload, handle):
-            renewed = await self._renewal.renew(payload, handle)
-            if renewed.payload is None:
+            handle = cookie_value(request.headers.get("Cookie"), self._cookie_name)
+            payload = await self._store.load(handle) if handle else None
+            if payload is None or handle is None:
+                return self.challenge(request)
+            if self._renewal.is_idle(payload):
+                auth_event("signed_out", user=payload.user, reason="idle")
+                await self._store.delete(handle)
                 return self._ended(request)
-            payload = renewed.payload
-            if renewed.handle is not None:
-                lifetime = cookie_lifetime(payload, self._config.max_age, self._clock())
-                request[PENDING_COOKIE] = (renewed.handle, lifetime)
 
-        decision = self.decide(payload, route)
-        if not decision.allowed:
-            auth_event("denied", user=payload.user, rule=decision.rule)
-            return refusal(request, payload.user, decision)
+            if self._renewal.due(payload, handle):
+                renewed = await self._renewal.renew(payload, handle)
+                if renewed.payload is None:
+                    return self._ended(request)
+                payload = renewed.payload
+                if renewed.handle is not None:
+                    lifetime = cookie_lifetime(
+                        payload, self._config.max_age, self._clock()
+                    )
+                    request[PENDING_COOKIE] = (renewed.handle, lifetime)
 
-        request[USER_KEY] = payload.user
-        request[SESSION_KEY] = payload
-        if "Upgrade" in request.headers:
+            decision = self.decide(payload, route)
+            if not decision.allowed:
+                auth_event("denied", user=payload.user, rule=decision.rule)
+                return refusal(request, payload.user, decision)
 
-            async def still_allowed() -> bool:
-                return await self._still_allowed(handle, route)
+            request[USER_KEY] = payload.user
+            request[SESSION_KEY] = payload
+            if "Upgrade" in request.headers:
 
-            request[STILL_ALLOWED] = still_allowed
-        return await handler(request)
+                async def still_allowed() -> bool:
+                    return await self._still_allowed(handle, route)
+
+                request[STILL_ALLOWED] = still_allowed
+            return await handler(request)
+        except SessionStoreUnavailable as exc:
+            return store_outage(request, exc)
 
     async def _still_allowed(self, handle: str, route: Route) -> bool:
         """For a websocket: is the session it opened with still signed in and
@@ -258,18 +263,29 @@ def refusal(request: web.BaseRequest, user: str, decision: Decision) -> web.Resp
     )
 
 
-@web.middleware
-async def store_outage(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost middleware: a session that could not be checked is a 503.
+def guard_endpoint(
+    handler: Handler,
+    session_mw: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]],
+) -> Handler:
+    """One of the gateway's own endpoints, with its aiohttp-session and the answer
+    to a session store outage."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await session_mw(request, handler)
+        except SessionStoreUnavailable as exc:
+            return store_outage(request, exc)
+
+    return guarded
+
+
+def store_outage(request: web.Request, exc: SessionStoreUnavailable) -> web.Response:
+    """A session that could not be checked is a 503.
 
     Neither a pass (the store's outage must never let a request through) nor a
     401 (a trip to reddit would end at the same outage, a login loop).
     """
-    try:
-        return await handler(request)
-    except SessionStoreUnavailable as exc:
-        log.error("session store unavailable: %s", exc.reason)
-
+    log.error("session store unavailable: %s", exc.reason)
     headers = {"Retry-After": STORE_RETRY_AFTER}
     if not is_navigation(request):
         return json_error(

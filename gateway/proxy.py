@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.body_watch import (
+    AnswerDeadline,
     ClientGone,
-    ClientWatch,
     Upload,
     UpstreamIdle,
     client_left,
@@ -133,21 +133,17 @@ class UpstreamProxy:
             Upload(request.content, self._timeout, self._idle) if has_body else None
         )
 
+        deadline = AnswerDeadline(request, self._timeout)
+        if upload is not None:
+            upload.deadline = deadline
         try:
-            async with asyncio.timeout(self._timeout) as deadline:
-                watch = ClientWatch(request, deadline)
-                if upload is not None:
-                    upload.deadline = deadline
-                try:
-                    sent_at = time.monotonic()
-                    upstream = await self._pool.request(method, head, upload, chunked)
-                    request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
-                finally:
-                    watch.stop()
-                    if upload is not None:
-                        upload.deadline = None
-        except TimeoutError:
-            if client_left(request):  # the watch ended the wait: nobody to answer
+            sent_at = time.monotonic()
+            upstream = await self._pool.request(method, head, upload, chunked)
+            request[UPSTREAM_SECONDS] = time.monotonic() - sent_at
+        except asyncio.CancelledError:
+            if not deadline.settle():
+                raise
+            if client_left(request):  # the deadline ended the wait: nobody to answer
                 log.info("client_gone method=%s path=%s", method, log_path(request))
                 return json_error(502, "bad_gateway", "The client left.")
             log.warning("upstream_timeout method=%s path=%s", method, log_path(request))
@@ -156,6 +152,10 @@ class UpstreamProxy:
             if upload is not None and upload.went_idle:
                 return _client_idle(request)
             return _unreachable(request, exc)
+        finally:
+            deadline.stop()
+            if upload is not None:
+                upload.deadline = None
 
         try:
             return await self.relay_answer(request, upstream)
