@@ -8,10 +8,16 @@ session cookie from a real sign-in through the mock reddit. Every target gets th
 same requests, cookie included. Loads run interleaved (each repetition goes once
 through every load and target) with wrk; the medians are reported, with every
 figure also as a ratio to direct (d) and to nginx (n) from the same run.
-Then websocket echo round trips (one connection, a Python client) and sign-ins
-per second through the mock reddit (concurrency 10). Linux only.
+Then each target's resident memory while 1,000 keep-alive clients sit idle, each
+after one signed-in request (plain asyncio streams on the bench's side),
+websocket echo round trips (one connection, a Python client) and sign-ins per
+second through the mock reddit (concurrency 10, the gateway's sign-in limit
+raised when its configuration has the keys for it). `--scaling` adds the gateway
+with 1 and with os.cpu_count() workers under the small c50 load. Last, the
+issue's targets, each with its figure and PASS or SHORT (reported, not asserted:
+the exit status is about errors only). Linux only.
 
-    python bench/compare.py [--quick] [--workers N] [--json FILE]
+    python bench/compare.py [--quick] [--workers N] [--scaling] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -69,8 +76,18 @@ LOADS = (
     Load("small c50", "/small", 50),
     Load("json1k c1", "/json", 1),
     Load("json1k c50", "/json", 50),
-    Load("10MiB c8", "/big", 8),
+    Load("10MiB c1", "/big", 1),
+    Load("10MiB c50", "/big", 50),
 )
+IDLE = "idle 1000"  # the load of 1,000 idle keep-alive clients
+IDLE_CLIENTS = 1000
+IDLE_OPENING = 32  # connections opened and served at once (the gateway allows
+# 64 open requests per user: every idle client carries the same session)
+LOGIN_LOAD = "logins c10"
+# Sign-ins per second and in a burst for the benchmark's gateway, so that the
+# run measures the gateway rather than its limit (when its config has the keys).
+SIGN_IN_LIMITS = {"sign_ins_per_second": "100000", "sign_in_burst": "100000"}
+DEFAULT_SIGN_IN_BURST = 50  # the gateway's burst when the limit stays as shipped
 
 
 # --- processes --------------------------------------------------------------------
@@ -215,14 +232,16 @@ def _ms(text: str) -> float:
 
 @dataclass
 class Sample:
-    rps: float
-    mib_s: float
-    p50_ms: float
-    p99_ms: float
+    rps: float | None
+    mib_s: float | None
+    p50_ms: float | None
+    p99_ms: float | None
     errors: int
     cpu_s: float | None = None
     rss: float | None = None
     seconds: float = 0.0
+    rss_base: float | None = None  # before the load, where that tells something
+    requests: int | None = None  # served, when not rps x seconds
 
 
 def parse_wrk(output: str) -> Sample:
@@ -263,6 +282,101 @@ def run_wrk(target: Target, load: Load, seconds: float, cookie: str) -> Sample:
     return sample
 
 
+# --- idle keep-alive clients (asyncio streams: cheap on the bench's side) -----------
+
+
+def raise_open_files() -> int:
+    """Lift this process's (and so its children's) open-files soft limit to the
+    hard limit; the soft limit then in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        for limit in (hard, 65536):
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+                break
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def read_answer(
+    reader: asyncio.StreamReader,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, lower-cased header fields, body."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    fields = {}
+    for line in head[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+    if "content-length" in fields:
+        body = await reader.readexactly(int(fields["content-length"]))
+    elif fields.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")  # no trailers expected
+        body = b"".join(parts)
+    else:
+        raise ValueError("a keep-alive answer without a length")
+    return status, fields, body
+
+
+async def idle_clients(
+    target: Target, cookie: str, count: int = IDLE_CLIENTS, settle: float = 1.0
+) -> Sample:
+    """`count` keep-alive connections, each after one signed-in GET /small that
+    must answer 200 with the body and stay open, held idle for `settle` seconds;
+    then the target's resident memory. Errors: failed requests, and connections
+    the target closed while idle."""
+    assert target.pid is not None and target.url.host and target.url.port
+    host, port = target.url.host, target.url.port
+    request = (
+        f"GET /small HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookie}\r\n"
+        "User-Agent: bench-idle\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    failures = 0
+    gate = asyncio.Semaphore(IDLE_OPENING)
+
+    async def one() -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                async with asyncio.timeout(10):
+                    reader, writer = await asyncio.open_connection(host, port)
+                    opened.append((reader, writer))
+                    writer.write(request)
+                    status, fields, body = await read_answer(reader)
+                ok = status == 200 and body == SMALL_BODY
+                ok = ok and fields.get("connection", "").lower() != "close"
+            except (OSError, EOFError, TimeoutError, ValueError, IndexError) as exc:
+                if not failures:
+                    print(f"  first failed idle client: {exc!r}", file=sys.stderr)
+                ok = False
+            failures += not ok
+
+    base = rss_mib(proc_tree(target.pid))
+    cpu_before = cpu_seconds(proc_tree(target.pid))
+    began = time.perf_counter()
+    try:
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - began
+        await asyncio.sleep(settle)
+        pids = proc_tree(target.pid)
+        rss, cpu = rss_mib(pids), cpu_seconds(pids) - cpu_before
+        # A connection the target closed has its reader at EOF by now.
+        failures += sum(reader.at_eof() for reader, _ in opened)
+    finally:
+        for _, writer in opened:
+            writer.close()
+        await asyncio.gather(
+            *(writer.wait_closed() for _, writer in opened), return_exceptions=True
+        )
+    return Sample(None, None, None, None, failures, cpu, rss, elapsed, base, count)
+
+
 # --- websocket echo and sign-ins (Python clients) -----------------------------------
 
 
@@ -290,7 +404,7 @@ def latency_sample(times: list[float], elapsed: float) -> Sample:
     ordered = sorted(times)
     return Sample(
         len(times) / elapsed,
-        0.0,
+        None,
         ordered[len(ordered) // 2] * 1000,
         ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
         0,
@@ -332,11 +446,22 @@ async def session_cookie(gateway: URL) -> str:
         await sign_in(client, gateway)
         cookies = jar.filter_cookies(gateway)
         header = "; ".join(f"{m.key}={m.value}" for m in cookies.values())
-        async with client.get(gateway / "small", headers={"Cookie": header}) as probe:
-            body = await probe.read()
-    if body != SMALL_BODY:
-        raise SystemExit(f"the gateway did not pass the signed-in request: {body!r}")
+    await probe(gateway, header)
     return header
+
+
+async def probe(url: URL, cookie: str) -> None:
+    """One signed-in GET /small must come back whole: a gateway that does not take
+    the cookie answers with a redirect, which wrk would not count as an error."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            url / "small", headers={"Cookie": cookie}, allow_redirects=False
+        ) as answer,
+    ):
+        body = await answer.read()
+    if answer.status != 200 or body != SMALL_BODY:
+        raise SystemExit(f"{url} did not pass the signed-in request: {body[:200]!r}")
 
 
 # --- the run -----------------------------------------------------------------------
@@ -359,8 +484,12 @@ class Results:
             return statistics.median(known) if known else None
 
         rps = mid([s.rps for s in runs])
-        cpu = [s.cpu_s / (s.rps * s.seconds) for s in runs if s.cpu_s and s.rps]
-        return {
+        cpu = [
+            s.cpu_s / served
+            for s in runs
+            if s.cpu_s and (served := s.requests or (s.rps or 0) * s.seconds)
+        ]
+        row = {
             "load": load,
             "target": target,
             "rps": rps,
@@ -372,6 +501,9 @@ class Results:
             "errors": sum(s.errors for s in runs),
             "runs": len(runs),
         }
+        if (base := mid([s.rss_base for s in runs])) is not None:
+            row["rss_base_mib"] = base
+        return row
 
 
 def ratios(row: dict[str, Any], base: dict[str, Any] | None, tag: str) -> None:
@@ -399,9 +531,9 @@ def pair(row: dict[str, Any], key: str) -> str:
 def print_table(rows: list[dict[str, Any]], header: str) -> None:
     print(header)
     columns = (
-        f"{'load':11} {'target':8} {'req/s':>9} {'(x d, n)':>12} {'MiB/s':>8}"
+        f"{'load':12} {'target':8} {'req/s':>9} {'(x d, n)':>12} {'MiB/s':>8}"
         f" {'p50 ms':>7} {'(x d, n)':>12} {'p99 ms':>7} {'(x d, n)':>12}"
-        f" {'CPU us/req':>10} {'RSS MiB':>8} {'err':>4}"
+        f" {'CPU us/req':>10} {'RSS MiB':>8} {'(x d, n)':>12} {'err':>4}"
     )
     print(columns)
     print("-" * len(columns))
@@ -411,13 +543,104 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
             print()
         last = row["load"]
         print(
-            f"{row['load']:11} {row['target']:8} {fmt(row['rps']):>9}"
+            f"{row['load']:12} {row['target']:8} {fmt(row['rps']):>9}"
             f" {pair(row, 'rps'):>12} {fmt(row['mib_s'], 1):>8}"
             f" {fmt(row['p50_ms'], 2):>7} {pair(row, 'p50_ms'):>12}"
             f" {fmt(row['p99_ms'], 2):>7} {pair(row, 'p99_ms'):>12}"
             f" {fmt(row.get('cpu_us_per_req')):>10} {fmt(row['rss_mib'], 1):>8}"
-            f" {row['errors']:>4}"
+            f" {pair(row, 'rss_mib'):>12} {row['errors']:>4}"
         )
+
+
+# --- the issue's targets ----------------------------------------------------------
+
+
+def target_checks(
+    rows: list[dict[str, Any]], workers: int, limit_raised: bool
+) -> list[tuple[str, str, bool | None]]:
+    """(what, the measured figure, met or not or None when not measured) for each
+    target the issue sets."""
+    by = {(row["load"], row["target"]): row for row in rows}
+
+    def get(load: str, target: str, key: str) -> float | None:
+        value = by.get((load, target), {}).get(key)
+        return None if value is None else float(value)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    checks: list[tuple[str, str, bool | None]] = []
+
+    def versus(what: str, value: float | None, floor: float, why: str = "") -> None:
+        figure = "-" if value is None else f"{value:.2f}x"
+        checks.append((what, why or figure, None if value is None else value >= floor))
+
+    one_worker = "" if workers == 1 else "n/a: run with --workers 1"
+    gw_small = get("small c50", "gateway", "rps")
+    for other, floor, shown in (("aiohttp", 1.0, "1.0"), ("nginx", 0.25, "0.25")):
+        value = ratio(gw_small, get("small c50", other, "rps"))
+        versus(
+            f"gateway small c50 req/s (1 worker) >= {shown}x {other}",
+            None if one_worker else value,
+            floor,
+            one_worker,
+        )
+    for load in ("10MiB c1", "10MiB c50"):
+        value = ratio(get(load, "gateway", "mib_s"), get(load, "nginx", "mib_s"))
+        versus(f"gateway {load} MiB/s >= 0.6x nginx", value, 0.6)
+
+    gw_p50, direct_p50 = (
+        get("small c1", "gateway", "p50_ms"),
+        get("small c1", "direct", "p50_ms"),
+    )
+    added = None if gw_p50 is None or direct_p50 is None else gw_p50 - direct_p50
+    checks.append(
+        (
+            "gateway small c1 p50 - direct p50 < 0.5 ms",
+            fmt(added, 2) + " ms",
+            None if added is None else added < 0.5,
+        )
+    )
+
+    idle, before = get(IDLE, "gateway", "rss_mib"), get(IDLE, "gateway", "rss_base_mib")
+    checks.append(
+        (
+            f"gateway RSS with {IDLE_CLIENTS:,} idle clients < 80 MiB",
+            f"{fmt(idle, 1)} MiB ({fmt(before, 1)} before)",
+            None if idle is None else idle < 80,
+        )
+    )
+    big = ratio(
+        get("10MiB c50", "gateway", "rss_mib"), get("small c50", "gateway", "rss_mib")
+    )
+    checks.append(
+        (
+            "gateway RSS after 10MiB c50 / after small c50 within 10%",
+            "-" if big is None else f"{big:.2f}x",
+            None if big is None else abs(big - 1) <= 0.10,
+        )
+    )
+
+    rate = get(LOGIN_LOAD, "gateway", "rps")
+    note = "" if limit_raised else " (gateway's sign-in limit in force)"
+    checks.append(
+        (
+            f"sign-ins per second >= 200{note}",
+            fmt(rate) + "/s",
+            None if rate is None else rate >= 200,
+        )
+    )
+    return checks
+
+
+def print_targets(checks: list[tuple[str, str, bool | None]]) -> None:
+    print("targets (reported, not asserted):")
+    for what, figure, met in checks:
+        verdict = "n/a" if met is None else "PASS" if met else "SHORT"
+        print(f"  {what:64} {figure:>22}  {verdict}")
+
+
+# --- processes and the run --------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -440,25 +663,48 @@ async def wait_ready(url: URL) -> None:
     async with aiohttp.ClientSession() as client:
         for _ in range(200):
             with contextlib.suppress(aiohttp.ClientError):
-                async with client.get(url) as answer:
+                async with client.get(url, allow_redirects=False) as answer:
                     if answer.status < 500:
                         return
             await asyncio.sleep(0.05)
     raise SystemExit(f"{url} did not start within 10 s")
 
 
+def gateway_config_keys(section: str) -> set[str]:
+    """The keys the gateway's configuration knows in [section]; empty when its
+    schema cannot be read. The gateway refuses unknown GATEWAY_* variables, so
+    the bench sets only the ones it has."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    try:
+        from gateway import config
+    except Exception as exc:  # a gateway mid-edit: it will say so when started
+        print(f"  cannot read gateway.config: {exc!r}", file=sys.stderr)
+        return set()
+    schema = getattr(config, "_SCHEMA", {})
+    return set(schema.get(section, {})) if isinstance(schema, dict) else set()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run of 3 s each")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--seconds", type=int, default=3, help="per load and target (wrk: whole s)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="gateway workers")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also the gateway with 1 and with os.cpu_count() workers, small c50",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     parser.add_argument(
         "--logins",
         type=int,
-        default=48,
-        help="sign-ins to time; the gateway takes bursts of 50, then 10 a second",
+        default=400,
+        help="sign-ins to time, 10 at once (at most a burst of the gateway's own "
+        "sign-in limit when its configuration cannot raise it)",
     )
     parser.add_argument(
         "--profile",
@@ -476,13 +722,55 @@ def main() -> int:
             )
         return 0
     if args.quick:
-        args.runs, args.seconds = 1, 3.0
+        args.runs, args.seconds = 1, 3
     if shutil.which("wrk") is None:
         raise SystemExit("compare.py needs wrk: apt-get install wrk")
     return run(args)
 
 
+def gateway_env(
+    port: int, upstream: URL, reddit: str, session_secret: str, workers: int
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    public = f"http://127.0.0.1:{port}"
+    env.update(
+        GATEWAY_SERVER_LISTEN=f"127.0.0.1:{port}",
+        GATEWAY_SERVER_PUBLIC_URL=public,
+        GATEWAY_SERVER_WORKERS=str(workers),
+        GATEWAY_UPSTREAM_URL=str(upstream),
+        GATEWAY_REDDIT_CLIENT_ID=CLIENT_ID,
+        GATEWAY_REDDIT_CLIENT_SECRET=CLIENT_SECRET,
+        GATEWAY_REDDIT_USER_AGENT="bench:reddit-gateway-bench:v1 (by /u/bench)",
+        GATEWAY_REDDIT_AUTHORIZE_URL=f"{reddit}/api/v1/authorize",
+        GATEWAY_REDDIT_TOKEN_URL=f"{reddit}/api/v1/access_token",
+        GATEWAY_REDDIT_REVOKE_URL=f"{reddit}/api/v1/revoke_token",
+        GATEWAY_REDDIT_API_URL=reddit,
+        GATEWAY_SESSION_SECRET=session_secret,
+        GATEWAY_SESSION_COOKIE_SECURE="false",
+        GATEWAY_LOG_LEVEL="warning",
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def start_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"],
+        env=env,
+        cwd=REPO,
+        stdout=out,
+        stderr=out,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    open_files = raise_open_files()  # before the targets start: they inherit it
+    if open_files < IDLE_CLIENTS + 200:
+        print(
+            f"  open files limited to {open_files}: the {IDLE} load will fail",
+            file=sys.stderr,
+        )
     work = Path(tempfile.mkdtemp(prefix="gateway-compare-"))
     work.chmod(0o755)  # nginx's workers may run as another user
     www = work / "www"
@@ -515,6 +803,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         upstream_pid: int | None = started[-1].pid
+        helper_pid = started[-1].pid  # the mock reddit's process
         upstream = helper_url
         if use_nginx:
             started.append(
@@ -551,6 +840,11 @@ def run(args: argparse.Namespace) -> int:
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_max_temp_file_size 0;  # stream big bodies, never spool to disk
+            # nginx's 4-8 KiB default buffers cost it a third of its 10 MiB
+            # throughput on loopback; 256 KiB ones are what one would tune to.
+            proxy_buffer_size 256k;
+            proxy_buffers 8 256k;
+            proxy_busy_buffers_size 512k;
         }}
         location = /ws {{
             proxy_pass http://{upstream.host}:{upstream.port};
@@ -578,34 +872,16 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         aio_pid = started[-1].pid
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update(
-            GATEWAY_SERVER_LISTEN=f"127.0.0.1:{ports['gw']}",
-            GATEWAY_SERVER_PUBLIC_URL=str(gateway),
-            GATEWAY_SERVER_WORKERS=str(args.workers),
-            GATEWAY_UPSTREAM_URL=str(upstream),
-            GATEWAY_REDDIT_CLIENT_ID=CLIENT_ID,
-            GATEWAY_REDDIT_CLIENT_SECRET=CLIENT_SECRET,
-            GATEWAY_REDDIT_USER_AGENT="bench:reddit-gateway-bench:v1 (by /u/bench)",
-            GATEWAY_REDDIT_AUTHORIZE_URL=f"{reddit}/api/v1/authorize",
-            GATEWAY_REDDIT_TOKEN_URL=f"{reddit}/api/v1/access_token",
-            GATEWAY_REDDIT_REVOKE_URL=f"{reddit}/api/v1/revoke_token",
-            GATEWAY_REDDIT_API_URL=reddit,
-            GATEWAY_SESSION_SECRET=secrets.token_urlsafe(32),
-            GATEWAY_SESSION_COOKIE_SECURE="false",
-            GATEWAY_LOG_LEVEL="warning",
-            PYTHONPATH=str(REPO),
-        )
-        gw_log = (work / "gateway.log").open("wb")
-        started.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve"],
-                env=env,
-                cwd=REPO,
-                stdout=gw_log,
-                stderr=gw_log,
+
+        session_secret = secrets.token_urlsafe(32)
+        env = gateway_env(ports["gw"], upstream, reddit, session_secret, args.workers)
+        known = gateway_config_keys("reddit")
+        limit_raised = set(SIGN_IN_LIMITS) <= known
+        if limit_raised:
+            env.update(
+                {f"GATEWAY_REDDIT_{k.upper()}": v for k, v in SIGN_IN_LIMITS.items()}
             )
-        )
+        started.append(start_gateway(env, work / "gateway.log"))
         gateway_pid = started[-1].pid
 
         targets = [Target("direct", upstream, upstream_pid)]
@@ -617,23 +893,54 @@ def run(args: argparse.Namespace) -> int:
             Target("aiohttp", URL(f"http://127.0.0.1:{ports['aio']}"), aio_pid)
         )
         targets.append(Target("gateway", gateway, gateway_pid))
-        return asyncio.run(measure(args, targets, helper_url, gateway, work))
+
+        # --scaling: the gateway with 1 and with os.cpu_count() workers, the same
+        # session secret (so the same cookie), no sign-ins of its own.
+        scaling: list[tuple[int, Target]] = []
+        if args.scaling:
+            for workers in sorted({1, os.cpu_count() or 1}):
+                if workers == args.workers:
+                    scaling.append((workers, targets[-1]))
+                    continue
+                port = free_port()
+                extra = gateway_env(port, upstream, reddit, session_secret, workers)
+                started.append(start_gateway(extra, work / f"gateway-w{workers}.log"))
+                url = URL(f"http://127.0.0.1:{port}")
+                scaling.append((workers, Target("gateway", url, started[-1].pid)))
+        return asyncio.run(
+            measure(
+                args,
+                targets,
+                scaling,
+                helper_url,
+                gateway,
+                work,
+                limit_raised,
+                helper_pid,
+            )
+        )
 
 
 async def measure(
     args: argparse.Namespace,
     targets: list[Target],
+    scaling: list[tuple[int, Target]],
     helper_url: URL,
     gateway: URL,
     work: Path,
+    limit_raised: bool,
+    helper_pid: int,
 ) -> int:
     await wait_ready(helper_url / "small")
-    for target in targets:
+    everyone = [*targets, *(t for _, t in scaling if t not in targets)]
+    for target in everyone:
         await wait_ready(target.url / "small")
     cookie = await session_cookie(gateway)
+    for target in everyone:
+        await probe(target.url, cookie)
     results = Results()
 
-    for target in targets:  # warm up: pools filled, code paths compiled
+    for target in everyone:  # warm up: pools filled, code paths compiled
         run_wrk(target, Load("warm", "/small", 50), 1, cookie)
     if args.profile:
         spy = subprocess.Popen(  # noqa: ASYNC220 (the bench's loop is idle)
@@ -654,12 +961,21 @@ async def measure(
         )
         run_wrk(targets[-1], LOADS[1], args.seconds, cookie)
         spy.wait()
+    # Memory with idle keep-alive clients: once, after the warm-up and before the
+    # other loads, so that it is not what the 10 MiB bodies left behind (the
+    # table's RSS after each load shows that).
+    for target in targets:
+        results.add(IDLE, target.name, await idle_clients(target, cookie))
     for repetition in range(args.runs):
         for load in LOADS:
             for target in targets:
                 sample = run_wrk(target, load, args.seconds, cookie)
                 sample.seconds = args.seconds
                 results.add(load.name, target.name, sample)
+        for workers, target in scaling:
+            sample = run_wrk(target, LOADS[1], args.seconds, cookie)
+            sample.seconds = args.seconds
+            results.add(f"{LOADS[1].name} w{workers}", "gateway", sample)
         print(f"  repetition {repetition + 1}/{args.runs} done", file=sys.stderr)
 
     # Websockets: the upstream (an nginx in front of the echo app when nginx is
@@ -671,27 +987,59 @@ async def measure(
             results.add(
                 "ws echo c1",
                 target.name,
-                await ws_echo(target.url, cookie, args.seconds),
+                await ws_echo(target.url, cookie, 1),
             )
 
+    count = args.logins
+    if not limit_raised and count > DEFAULT_SIGN_IN_BURST - 5:
+        count = DEFAULT_SIGN_IN_BURST - 5
+        print(
+            f"  the gateway's configuration has no {', '.join(SIGN_IN_LIMITS)}: "
+            f"timing {count} sign-ins (one burst of its own limit)",
+            file=sys.stderr,
+        )
     gateway_target = targets[-1]
     pids = proc_tree(gateway_target.pid)  # type: ignore[arg-type]
-    cpu = cpu_seconds(pids)
-    login = await logins(gateway, args.logins, 10)
+    cpu, reddit_cpu, client_cpu = (
+        cpu_seconds(pids),
+        cpu_seconds([helper_pid]),
+        time.process_time(),
+    )
+    login = await logins(gateway, count, 10)
     login.cpu_s = cpu_seconds(pids) - cpu
     login.rss = rss_mib(pids)
-    results.add("logins c10", "gateway", login)
+    results.add(LOGIN_LOAD, "gateway", login)
+    # The mock reddit and the bench's client share the machine's CPUs with the
+    # gateway: what they spent tells whether the gateway was what limited the rate.
+    done = max(1, round((login.rps or 0) * login.seconds))
+    spent_elsewhere = {
+        "reddit_cpu_us_per_login": (cpu_seconds([helper_pid]) - reddit_cpu) / done,
+        "client_cpu_us_per_login": (time.process_time() - client_cpu) / done,
+    }
 
     rows = []
-    for load in [*(each.name for each in LOADS), "ws echo c1", "logins c10"]:
-        base = {t: results.median(load, t) for t in TARGETS}
+    for load_name in [*(each.name for each in LOADS), IDLE, "ws echo c1", LOGIN_LOAD]:
+        base = {t: results.median(load_name, t) for t in TARGETS}
         for name in TARGETS:
             row = base[name]
             if row is None:
                 continue
             ratios(row, base["direct"], "direct")
             ratios(row, base["nginx"], "nginx")
+            if name == "gateway":
+                row["workers"] = args.workers
+            if load_name == LOGIN_LOAD:
+                row.update({k: v * 1e6 for k, v in spent_elsewhere.items()})
             rows.append(row)
+    one_worker = None
+    for workers, _ in scaling:
+        row = results.median(f"{LOADS[1].name} w{workers}", "gateway")
+        assert row is not None
+        row["workers"] = workers
+        one_worker = one_worker or row
+        if row["rps"] and one_worker["rps"]:
+            row["rps_x_1_worker"] = round(row["rps"] / one_worker["rps"], 3)
+        rows.append(row)
     header = (
         f"gateway workers={args.workers}, nginx proxy workers={args.workers}, "
         f"{args.runs} x {args.seconds:g} s per load and target, wrk -t1, medians; "
@@ -699,6 +1047,26 @@ async def measure(
     )
     print_table(rows, header)
     print(f"logs in {work}")
+    print()
+    login_row = next((row for row in rows if row["load"] == LOGIN_LOAD), {})
+    print(
+        f"sign-ins: CPU per sign-in {fmt(login_row.get('cpu_us_per_req'))} us in"
+        f" the gateway, {fmt(login_row.get('reddit_cpu_us_per_login'))} us in the"
+        f" mock reddit, {fmt(login_row.get('client_cpu_us_per_login'))} us in the"
+        f" bench's client, on {os.cpu_count()} CPUs"
+    )
+    if len(scaling) > 1:
+        first, *_, last = (
+            r for r in rows if r["load"].startswith(LOADS[1].name + " w")
+        )
+        print(
+            f"scaling, gateway {LOADS[1].name}: {first['workers']} worker "
+            f"{fmt(first['rps'])} req/s, {last['workers']} workers "
+            f"{fmt(last['rps'])} req/s = {fmt(last.get('rps_x_1_worker'), 2)}x"
+        )
+    elif args.scaling:
+        print("scaling: one CPU here, nothing to compare")
+    print_targets(target_checks(rows, args.workers, limit_raised))
     if args.json:
         write_json(Path(args.json), rows)
     return 1 if any(row["errors"] for row in rows) else 0
