@@ -1059,10 +1059,19 @@ async def measure(
         first, *_, last = (
             r for r in rows if r["load"].startswith(LOADS[1].name + " w")
         )
+
+        def busy(row: dict[str, Any]) -> str:
+            """CPUs the gateway kept busy: with CPU per request unchanged, a
+            smaller gain than the workers' count is the machine's CPUs running
+            out (wrk shares them), not the workers getting in each other's way."""
+            cpu = row.get("cpu_us_per_req")
+            return "-" if cpu is None else f"{row['rps'] * cpu / 1e6:.2f}"
+
         print(
             f"scaling, gateway {LOADS[1].name}: {first['workers']} worker "
-            f"{fmt(first['rps'])} req/s, {last['workers']} workers "
-            f"{fmt(last['rps'])} req/s = {fmt(last.get('rps_x_1_worker'), 2)}x"
+            f"{fmt(first['rps'])} req/s on {busy(first)} CPUs, {last['workers']} "
+            f"workers {fmt(last['rps'])} req/s on {busy(last)} CPUs = "
+            f"{fmt(last.get('rps_x_1_worker'), 2)}x"
         )
     elif args.scaling:
         print("scaling: one CPU here, nothing to compare")
