@@ -34,6 +34,7 @@ from aiohttp import web
 from gateway.app import build_app, server_options
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.log import flush_logs_now_and_then
 from gateway.metrics import UNIX_PREFIX, serve_summed
 from gateway.reloadable import RELOADABLE, check_reloadable
 
@@ -143,8 +144,10 @@ class Worker:
                 self._reload()
             async with asyncio.TaskGroup() as tasks:
                 watch = tasks.create_task(self._watch_supervisor())
+                flush = tasks.create_task(flush_logs_now_and_then())
                 await self._stop.wait()
                 watch.cancel()
+                flush.cancel()
             log.info(
                 "worker %s stopping: requests in flight have %s s to finish",
                 os.getpid(),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import pathlib
+from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
@@ -16,8 +19,11 @@ from gateway.log import (
     USER_KEY,
     AccessLogger,
     JsonFormatter,
+    LogOutput,
+    TextFormatter,
     access_log,
     auth_event,
+    flush_logs_now_and_then,
 )
 
 
@@ -126,3 +132,62 @@ def test_access_line_has_the_time_to_the_upstream_headers(
     record = caplog.records[-1]
     assert record.getMessage().endswith(f" 20.00ms {text}")
     assert json.loads(JsonFormatter().format(record))["upstream_ms"] == field
+
+
+def test_text_time_is_the_standard_formatters() -> None:
+    record = logging.LogRecord("gateway", logging.INFO, "x", 1, "hello", (), None)
+    standard = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    assert TextFormatter().format(record) == standard.format(record)
+    record.created += 1.5  # the next second: formatted anew, not from the cache
+    record.msecs = 500.0
+    assert TextFormatter().format(record) == standard.format(record)
+
+
+@pytest.fixture
+def stderr_file(tmp_path: pathlib.Path) -> Iterator[tuple[pathlib.Path, LogOutput]]:
+    """A file standing in for stderr, and a LogOutput writing to it."""
+    path = tmp_path / "stderr"
+    with path.open("w") as stream:
+        output = LogOutput(stream)
+        output.setFormatter(logging.Formatter("%(message)s"))
+        yield path, output
+
+
+def record(name: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord(name, level, "x", 1, f"{name} line", (), None)
+
+
+def test_log_lines_are_written_one_by_one_outside_a_worker(
+    stderr_file: tuple[pathlib.Path, LogOutput],
+) -> None:
+    path, output = stderr_file
+
+    output.emit(record("gateway.access"))
+
+    assert path.read_text() == "gateway.access line\n"
+
+
+async def test_a_worker_batches_access_lines_but_writes_others_at_once(
+    stderr_file: tuple[pathlib.Path, LogOutput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, output = stderr_file
+    monkeypatch.setattr(logging.getLogger(), "handlers", [output])
+    flusher = asyncio.create_task(flush_logs_now_and_then())
+    await asyncio.sleep(0)
+
+    output.emit(record("gateway.access"))
+    assert path.read_text() == ""  # waits for the batch
+
+    output.emit(record("gateway.auth"))  # an event: written now, in order
+    assert path.read_text() == "gateway.access line\ngateway.auth line\n"
+
+    output.emit(record("gateway.access"))
+    await asyncio.sleep(0.4)  # FLUSH_EVERY is 0.25 s
+    assert path.read_text().count("gateway.access line") == 2
+
+    output.emit(record("gateway.access"))
+    flusher.cancel()
+    await asyncio.gather(flusher, return_exceptions=True)
+    assert path.read_text().count("gateway.access line") == 3  # at stop
+    assert not output.batched
