@@ -128,7 +128,6 @@ async def build_app(
     app = web.Application()
     app[RELOADABLE] = reloadable
     app.on_shutdown.append(reloadable.close_websockets)
-    app.on_response_prepare.append(authenticator.send_pending_cookie)
     session_mw = session_middleware(storage)
     app.router.add_routes(
         web.RouteDef(

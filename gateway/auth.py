@@ -13,6 +13,7 @@ from gateway.config import SessionConfig
 from gateway.errors import SessionStoreUnavailable
 from gateway.headers import cookie_value
 from gateway.log import (
+    BEFORE_ANSWER,
     STILL_ALLOWED,
     UPSTREAM_KEY,
     USER_KEY,
@@ -30,7 +31,6 @@ from gateway.session_store import SessionStore, cookie_lifetime, write_session_c
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_RETURN_CHARS = 1024
 SESSION_KEY = web.RequestKey("gateway_session", SessionPayload)
-PENDING_COOKIE = web.RequestKey("gateway_pending_cookie", tuple[str, int])
 STORE_RETRY_AFTER = "5"  # seconds, in the Retry-After of a store outage's 503
 
 log = logging.getLogger("gateway.auth")
@@ -149,15 +149,25 @@ class Authenticator:
                     return self._ended(request)
                 payload = renewed.payload
                 if renewed.handle is not None:
+                    # The renewed session reaches the browser on any answer,
+                    # streamed and websocket ones included.
                     lifetime = cookie_lifetime(
                         payload, self._config.max_age, self._clock()
                     )
-                    request[PENDING_COOKIE] = (renewed.handle, lifetime)
+                    new_handle = renewed.handle
+
+                    def renewed_cookie(response: web.StreamResponse) -> None:
+                        self.write_cookie(response, new_handle, lifetime)
+
+                    request[BEFORE_ANSWER] = renewed_cookie
 
             decision = self.decide(payload, route)
             if not decision.allowed:
                 auth_event("denied", user=payload.user, rule=decision.rule)
-                return refusal(request, payload.user, decision)
+                refused = refusal(request, payload.user, decision)
+                if (before := request.get(BEFORE_ANSWER)) is not None:
+                    before(refused)
+                return refused
 
             request[USER_KEY] = payload.user
             request[SESSION_KEY] = payload
@@ -167,7 +177,11 @@ class Authenticator:
                     return await self._still_allowed(handle, route)
 
                 request[STILL_ALLOWED] = still_allowed
-            return await handler(request)
+            response = await handler(request)
+            before = request.get(BEFORE_ANSWER)
+            if before is not None and not response.prepared:
+                before(response)  # an answer of the gateway's own (429, 502)
+            return response
         except SessionStoreUnavailable as exc:
             return store_outage(request, exc)
 
@@ -192,19 +206,6 @@ class Authenticator:
         self, response: web.StreamResponse, value: str, max_age: int
     ) -> None:
         write_session_cookie(response, self._config, value, max_age)
-
-    async def send_pending_cookie(
-        self, request: web.BaseRequest, response: web.StreamResponse
-    ) -> None:
-        """on_response_prepare: a renewed session reaches the browser on every kind
-        of response, streamed and websocket ones included."""
-        pending = request.get(PENDING_COOKIE)
-        if pending is not None:
-            # By now aiohttp has turned response.cookies into headers already.
-            holder = web.StreamResponse()
-            self.write_cookie(holder, *pending)
-            morsel = holder.cookies[self._cookie_name]
-            response.headers.add("Set-Cookie", morsel.output(header="")[1:])
 
     def challenge(self, request: web.Request, *, ended: bool = False) -> web.Response:
         """No valid session: a browser goes to reddit (or to the sign-in page),

@@ -40,6 +40,11 @@ USER_KEY = web.RequestKey("gateway_user", str)
 UPSTREAM_SECONDS = web.RequestKey("gateway_upstream_seconds", float)
 UPSTREAM_ROUTE = "upstream"  # the name of the catch-all route to the app
 UPSTREAM_KEY = web.RequestKey("gateway_upstream", bool)  # routed to the app
+# On the upstream route: what to add to the answer before it goes out (a renewed
+# session cookie). Whoever prepares a response there calls it first.
+BEFORE_ANSWER: web.RequestKey[Callable[[web.StreamResponse], None]] = web.RequestKey(
+    "gateway_before_answer"
+)
 # For a long-lived request (a websocket): is its session still good to go on?
 STILL_ALLOWED: web.RequestKey[Callable[[], Awaitable[bool]]] = web.RequestKey(
     "gateway_still_allowed"

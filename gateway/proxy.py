@@ -24,7 +24,7 @@ from gateway.body_watch import (
 )
 from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
-from gateway.log import UPSTREAM_SECONDS
+from gateway.log import BEFORE_ANSWER, UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
 from gateway.upstream_client import (
@@ -190,6 +190,9 @@ class UpstreamProxy:
                 status=upstream.status, reason=upstream.reason, headers=headers
             )
 
+        before = request.get(BEFORE_ANSWER)
+        if before is not None:
+            before(response)
         try:
             await response.prepare(request)
         except ValueError as exc:  # a header aiohttp cannot encode

@@ -41,7 +41,7 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.headers import downstream_response_headers
-from gateway.log import STILL_ALLOWED, UPSTREAM_SECONDS
+from gateway.log import BEFORE_ANSWER, STILL_ALLOWED, UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.proxy import error_reason, log_path, refuse_target
 from gateway.redirect_rewrite import RedirectRewriter
@@ -275,6 +275,9 @@ class WebSocketRelay:
             timeout=CLOSE_TIMEOUT,
         )
         client.headers.extend(answer_headers)
+        before = request.get(BEFORE_ANSWER)
+        if before is not None:
+            before(client)
         try:
             await client.prepare(request)
         except ConnectionError:  # the client left while the app answered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 
 import aiohttp
 import pytest
@@ -94,6 +95,36 @@ async def test_refreshed_cookie_reaches_the_browser_on_a_streamed_response(
             assert "_reddit_gateway=" in response.headers.get("Set-Cookie", "")
 
     assert refresh_calls(permanent) == 1
+
+
+async def test_refreshed_cookie_reaches_the_browser_on_the_gateways_own_answers(
+    make_stack: StackFactory, tmp_path: pathlib.Path
+) -> None:
+    # The app is down (502) and a route refuses the user (403): the browser must
+    # still get the renewed session, or its next request starts from a stale one.
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[[access.routes]]\nprefix = "/admin"\nmoderators_of = ["ExampleMods"]\n'
+    )
+    stack = await make_stack(
+        config_file=str(config),
+        reddit_duration="permanent",
+        upstream_url="http://127.0.0.1:1",
+    )
+    stack.reddit.expires_in = 3600
+
+    async with stack.browser() as browser:
+        await stack.login(browser, "alice")
+        for path, status in (("x", 502), ("admin", 403)):
+            stack.clock.advance(3600)
+            before = session_cookie(browser, stack)
+
+            async with browser.get(stack.url / path, headers=API) as response:
+                assert response.status == status
+                assert "_reddit_gateway=" in response.headers.get("Set-Cookie", "")
+            assert session_cookie(browser, stack) != before
+
+    assert refresh_calls(stack) == 2
 
 
 @pytest.mark.parametrize(
