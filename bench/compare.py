@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -778,6 +779,7 @@ def run(args: argparse.Namespace) -> int:
     (www / "small").write_bytes(SMALL_BODY)
     (www / "json").write_bytes(JSON_BODY)
     (www / "big").write_bytes(os.urandom(BIG_BYTES))
+    atexit.register(shutil.rmtree, www, True)  # the logs stay, the 10 MiB goes
     use_nginx = shutil.which("nginx") is not None and not args.no_nginx
     ports = {name: free_port() for name in ("app", "reddit", "up", "ngx", "aio", "gw")}
     helper_url = URL(f"http://127.0.0.1:{ports['app']}")
