@@ -129,10 +129,10 @@ def forwarded_facts(
     X-Forwarded-Proto/Host carry what a trusted proxy says the client used.
     """
     peer = peer_ip or ""
-    hop = _forwarded_element(peer, scheme, host)
     if not trusted or not _is_trusted(peer, trusted):
         # SECURITY: X-Forwarded-For spoofing: an untrusted peer's claims are ignored
-        return ForwardedFor(peer, scheme, host, hop)
+        return _direct_facts(peer, scheme, host)
+    hop = _forwarded_element(peer, scheme, host)
 
     chain = _joined(request_headers.getall("X-Forwarded-For", ()))
     proto = _last_item(request_headers.getall("X-Forwarded-Proto", ())).lower()
@@ -191,17 +191,17 @@ def upstream_request_headers(
                 continue
         kept.append((name, value))
 
-    out: CIMultiDict[str] = CIMultiDict(kept)
+    # Every client-sent header of these names was dropped above.
     if user:
-        out["X-Reddit-User"] = user
+        kept.append(("X-Reddit-User", user))
     if forwarded.client_chain:
-        out["X-Forwarded-For"] = forwarded.client_chain
-    out["X-Forwarded-Proto"] = forwarded.proto
+        kept.append(("X-Forwarded-For", forwarded.client_chain))
+    kept.append(("X-Forwarded-Proto", forwarded.proto))
     if forwarded.host:
-        out["X-Forwarded-Host"] = forwarded.host
+        kept.append(("X-Forwarded-Host", forwarded.host))
     if forwarded.forwarded:
-        out["Forwarded"] = forwarded.forwarded
-    return out, spoofed
+        kept.append(("Forwarded", forwarded.forwarded))
+    return CIMultiDict(kept), spoofed
 
 
 _PASS, _SPOOF, _DROP, _COOKIE, _REWRITE = "pass", "spoof", "drop", "cookie", "link"
@@ -327,6 +327,13 @@ def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     tokens = {t.strip().lower() for v in values for t in v.split(",")}
     tokens.discard("host")  # a request without Host would be routed by our URL's
     return frozenset(tokens)
+
+
+@functools.lru_cache(maxsize=4096)
+def _direct_facts(peer: str, scheme: str, host: str) -> ForwardedFor:
+    """What the app is told of a request from an untrusted peer: only what this
+    hop saw. Cached: a client sends many requests from one address to one host."""
+    return ForwardedFor(peer, scheme, host, _forwarded_element(peer, scheme, host))
 
 
 def _forwarded_element(peer: str, scheme: str, host: str) -> str:
