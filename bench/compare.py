@@ -748,7 +748,7 @@ def gateway_env(
         GATEWAY_REDDIT_API_URL=reddit,
         GATEWAY_SESSION_SECRET=session_secret,
         GATEWAY_SESSION_COOKIE_SECURE="false",
-        GATEWAY_LOG_LEVEL="warning",
+        GATEWAY_LOG_LEVEL="info",  # the default: an access-log line per request
         PYTHONPATH=str(REPO),
     )
     return env
