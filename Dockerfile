@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . && rm -rf /app/* \
+RUN pip install ".[uvloop]" && rm -rf /app/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 
 USER 10001:10001
