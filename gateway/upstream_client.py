@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import ssl
 from collections.abc import AsyncIterable
 from typing import Any, cast
@@ -25,6 +26,9 @@ from gateway.upstream_session import tls_context
 # What the app may answer (else 502): long Content-Security-Policy and Link headers.
 MAX_FIELD_SIZE = 65536
 MAX_HEADERS = 256
+# Bytes the parser may take without handing any over: httptools keeps a header to
+# itself until its line ends. A line of MAX_FIELD_SIZE, and the status line before.
+_MAX_HELD = 2 * MAX_FIELD_SIZE
 # Body bytes buffered per answer before the app's connection stops being read.
 BUFFER_HIGH = 1 << 20
 BUFFER_LOW = 1 << 18
@@ -34,6 +38,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _NO_HEADERS: CIMultiDict[str] = CIMultiDict()
+# What ends a request line early: a space, a control character.
+_BREAKS_REQUEST_LINE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class UpstreamError(Exception):
@@ -56,6 +62,7 @@ class UpstreamAnswer:
         "_connection",
         "_error",
         "_head",
+        "_held",
         "_raw_headers",
         "_reason",
         "_size",
@@ -65,6 +72,7 @@ class UpstreamAnswer:
         "complete",
         "headers",
         "reason",
+        "started",
         "status",
     )
 
@@ -79,6 +87,8 @@ class UpstreamAnswer:
         self._waiter: asyncio.Future[None] | None = None
         self._head: asyncio.Future[None] = connection.loop.create_future()
         self._until_close = False
+        self._held = 0  # bytes fed since the parser last handed something over
+        self.started = False  # any byte of an answer came
         self.complete = False
         self.status = 0
         self.reason = ""
@@ -90,10 +100,17 @@ class UpstreamAnswer:
 
     # --- httptools callbacks ------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # SECURITY: response splitting: a second answer to one request is never
+            # parsed, so it can replace neither this answer nor the next request's
+            raise UpstreamError("bytes after the answer")
+
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._held = 0
         raw = self._raw_headers
         # SECURITY: header flooding by the app: a bounded head, else 502
         if len(raw) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD_SIZE:
@@ -101,7 +118,10 @@ class UpstreamAnswer:
         raw.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._held = 0
         status = self._connection.parser.get_status_code()
+        if status < 100:  # llhttp takes any three digits: "000" is no answer
+            raise UpstreamError("malformed answer")
         if 100 <= status < 200 and status != 101:
             self._raw_headers.clear()  # 100 Continue, 103 Early Hints: not passed on
             self._reason = b""
@@ -125,7 +145,8 @@ class UpstreamAnswer:
 
     def on_body(self, chunk: bytes) -> None:
         if self.complete:
-            raise UpstreamError("bytes after the answer")
+            raise UpstreamError("bytes after the answer")  # a body to HEAD
+        self._held = 0
         self._chunks.append(chunk)
         self._size += len(chunk)
         if self._size > BUFFER_HIGH:
@@ -133,6 +154,7 @@ class UpstreamAnswer:
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._held = 0
         if self.status == 0:
             return  # the end of an interim (1xx) answer
         if not self.complete:
@@ -166,11 +188,6 @@ class UpstreamAnswer:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    @property
-    def started(self) -> bool:
-        """Whether any byte of this answer came."""
-        return self.status != 0 or bool(self._raw_headers) or bool(self._reason)
 
     # --- the reader's side --------------------------------------------------------
 
@@ -210,7 +227,8 @@ class UpstreamAnswer:
 
     def close(self) -> None:
         """Done with the answer, which was not read to its end: drop the line."""
-        self._connection.close()
+        if self._connection.answer is self:  # else the line serves another by now
+            self._connection.close()
 
 
 class _Connection(asyncio.Protocol):
@@ -244,6 +262,8 @@ class _Connection(asyncio.Protocol):
             self._reusable = False
             self.close()
             return
+        answer.started = True
+        answer._held += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -258,6 +278,12 @@ class _Connection(asyncio.Protocol):
             # SECURITY: response smuggling: an answer llhttp cannot frame is 502
             answer.fail(UpstreamError("malformed answer"))
             self.close()
+        else:
+            if answer._held > _MAX_HELD:
+                # SECURITY: header flooding by the app: a line that never ends is
+                # cut off, not buffered for as long as the app goes on sending it
+                answer.fail(UpstreamError("answer head too large"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -314,7 +340,12 @@ class _Connection(asyncio.Protocol):
         return answer
 
     def answer_complete(self, answer: UpstreamAnswer) -> None:
-        self._reusable = bool(self.parser.should_keep_alive())
+        upload = self.upload
+        # SECURITY: request smuggling: an answer that came before the whole body went
+        # leaves the body's rest unread at the app, which would read it, on this
+        # line, as the start of the next request
+        uploading = upload is not None and not upload.done()
+        self._reusable = bool(self.parser.should_keep_alive()) and not uploading
 
     def release(self, answer: UpstreamAnswer) -> None:
         if self.answer is not answer:
@@ -328,6 +359,7 @@ class _Connection(asyncio.Protocol):
             return
         self.answer = None
         self.upload = None
+        self.resume_reading()  # an unread body paused it: idle, a close must show
         self.pool._idle_connection(self)
 
     def close(self) -> None:
@@ -509,7 +541,12 @@ def request_head(
 ) -> bytes:
     """The request line and headers, as the app receives them.
 
-    Raises ValueError for a line break in a name or value (header injection)."""
+    Raises ValueError for a space or control character in the method or target
+    (request splitting), a line break in a name or value (header injection)."""
+    # SECURITY: request splitting: a space, CR or LF would end the request line
+    # early, the rest read as headers or as a request of its own
+    if _BREAKS_REQUEST_LINE.search(method) or _BREAKS_REQUEST_LINE.search(target):
+        raise ValueError("space or control character in the request line")
     text = "\r\n".join(map(": ".join, headers.items()))
     lines = len(headers)
     if "Host" not in headers:
