@@ -34,6 +34,9 @@ GATEWAY_SET = (
     "forwarded",
 )
 IDENTITY_PREFIX = "x-reddit-"
+# oauth2-proxy's whole family of X-Auth-Request-* headers (user, email, groups,
+# roles, tokens): an app moved from behind it may believe any of them.
+OTHER_PROXY_PREFIXES = ("x-auth-request-",)
 
 _GATEWAY_SET = frozenset(GATEWAY_SET)
 # Identity headers of other auth proxies (oauth2-proxy, Authelia, Apache's
@@ -59,6 +62,24 @@ IDENTITY_CLAIMS = frozenset(
         "x-username",
         "x-email",
         "x-remote-email",
+        # Kong, Google IAP, Cloudflare Access, Azure App Service, AWS ALB
+        "x-authenticated-userid",
+        "x-authenticated-scope",
+        "x-consumer-username",
+        "x-consumer-id",
+        "x-consumer-custom-id",
+        "x-goog-authenticated-user-email",
+        "x-goog-authenticated-user-id",
+        "x-goog-iap-jwt-assertion",
+        "cf-access-authenticated-user-email",
+        "cf-access-jwt-assertion",
+        "x-ms-client-principal",
+        "x-ms-client-principal-name",
+        "x-ms-client-principal-id",
+        "x-ms-client-principal-idp",
+        "x-amzn-oidc-identity",
+        "x-amzn-oidc-data",
+        "x-amzn-oidc-accesstoken",
     }
 )
 # Claims about the client's address or the original URL that apps and frameworks
@@ -83,6 +104,12 @@ CLIENT_CLAIMS = frozenset(
         "cf-connecting-ip",
         "x-cluster-client-ip",
         "fastly-client-ip",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-url-scheme",
+        "front-end-https",
+        "x-original-host",
+        "x-host",
     }
 )
 _NOT_PASSED = _GATEWAY_SET | CLIENT_CLAIMS
@@ -149,6 +176,11 @@ def forwarded_facts(
         claimed_host if _HOST_RE.fullmatch(claimed_host) else host,
         f"{earlier}, {hop}" if earlier else hop,
     )
+
+
+def is_plain_host(host: str) -> bool:
+    """True for a Host that is a name or address and an optional port, nothing else."""
+    return _HOST_RE.fullmatch(host) is not None
 
 
 def upstream_request_headers(
@@ -221,7 +253,11 @@ def _remember(verdicts: dict[str, str], name: str, verdict: str) -> str:
 def _request_verdict(name: str) -> str:
     lname = name.lower()
     key = lname.replace("_", "-").replace(".", "-")
-    if key.startswith(IDENTITY_PREFIX) or key in IDENTITY_CLAIMS:
+    if (
+        key.startswith(IDENTITY_PREFIX)
+        or key in IDENTITY_CLAIMS
+        or key.startswith(OTHER_PROXY_PREFIXES)
+    ):
         # SECURITY: identity header spoofing (any case, "_" or "." for "-")
         return _SPOOF
     if key in _NOT_PASSED:

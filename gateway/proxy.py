@@ -23,7 +23,7 @@ from gateway.body_watch import (
     next_chunk,
 )
 from gateway.config import UpstreamConfig
-from gateway.headers import downstream_response_headers
+from gateway.headers import downstream_response_headers, is_plain_host
 from gateway.log import BEFORE_ANSWER, UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
@@ -53,6 +53,12 @@ def refuse_target(request: web.BaseRequest) -> web.Response | None:
         # SECURITY: request smuggling via the request target
         log.warning("bad_request_target method=%s", request.method)
         return json_error(400, "bad_request", "The request target is not a path.")
+    host = request.headers.get("Host")
+    if host is not None and not is_plain_host(host):
+        # SECURITY: host header poisoning: an app building links from Host (or
+        # from X-Forwarded-Host, which carries it) gets only a host and a port
+        log.warning("bad_host method=%s", request.method)
+        return json_error(400, "bad_request", "The Host header is not a host name.")
     if has_dot_segment(target):
         # SECURITY: path traversal out of the upstream's base path (and past
         # any rule made on the path): "..", also as %2e%2e or behind %2f.

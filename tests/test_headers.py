@@ -654,6 +654,14 @@ def test_session_overwrite_by_the_upstream_set_cookie_is_dropped() -> None:
         "X-Webauth-User",
         "X-Authenticated-User",
         "X-Username",
+        "X-Auth-Request-Roles",
+        "x_auth_request_anything",
+        "X-Authenticated-Userid",
+        "X-Consumer-Username",
+        "X-Goog-Authenticated-User-Email",
+        "Cf-Access-Authenticated-User-Email",
+        "X-Ms-Client-Principal-Name",
+        "X-Amzn-Oidc-Identity",
     ],
 )
 def test_identity_header_spoofing_of_other_auth_proxies_is_scrubbed(name: str) -> None:
@@ -725,3 +733,23 @@ def test_a_header_judged_once_is_judged_the_same_next_time() -> None:
         )
         assert spoofed == ["X_Reddit_User"]
         assert headers.getall("X-Reddit-User") == ["alice"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Forwarded-Scheme",
+        "X-Forwarded-Ssl",
+        "Front-End-Https",
+        "X-Url-Scheme",
+        "X-Original-Host",
+        "X_Host",
+    ],
+)
+def test_scheme_and_host_claims_of_the_client_are_dropped(name: str) -> None:
+    # SECURITY: X-Forwarded-For spoofing: frameworks that read these would take
+    # the client's word for the scheme or host (links, redirects, "secure" checks)
+    sent, spoofed = send((name, "evil.example"))
+
+    assert "evil.example" not in sent.values()
+    assert spoofed == []

@@ -341,6 +341,43 @@ async def test_get_reaches_upstream_byte_for_byte(
     assert answer.endswith(b"\r\n\r\nok")
 
 
+@pytest.mark.parametrize(
+    ("host", "passes"),
+    [
+        ("app.example", True),
+        ("app.example:8443", True),
+        ("10.0.0.7:80", True),
+        ("[2001:db8::1]:443", True),
+        ("app_1.internal", True),
+        ("a b@evil.example/d?", False),
+        ("evil.example/path", False),
+        ("user@evil.example", False),
+        ("evil.example\\app", False),
+        ("app.example:80:80", False),
+        ('app.example"', False),
+    ],
+)
+async def test_host_header_poisoning_is_400_and_never_reaches_the_app(
+    gateway: MakeGateway,
+    raw_upstream: Callable[[Script], Awaitable[RawUpstream]],
+    host: str,
+    passes: bool,
+) -> None:
+    upstream = await raw_upstream(reply(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    server = await gateway(upstream.url)
+
+    answer = await raw_exchange(
+        server, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+
+    if passes:
+        assert answer.startswith(b"HTTP/1.1 204 ")
+        assert f"X-Forwarded-Host: {host}\r\n".encode() in upstream.heads[0]
+    else:
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert upstream.heads == []
+
+
 async def test_empty_query_marker_reaches_upstream(
     gateway: MakeGateway, raw_upstream: Callable[[Script], Awaitable[RawUpstream]]
 ) -> None:
