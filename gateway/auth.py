@@ -17,6 +17,7 @@ from gateway.log import (
     STILL_ALLOWED,
     UPSTREAM_KEY,
     USER_KEY,
+    AnswerHook,
     auth_event,
 )
 from gateway.login_state import LoginStates
@@ -143,6 +144,7 @@ class Authenticator:
                 await self._store.delete(handle)
                 return self._ended(request)
 
+            before: AnswerHook | None = None
             if self._renewal.due(payload, handle):
                 renewed = await self._renewal.renew(payload, handle)
                 if renewed.payload is None:
@@ -159,13 +161,15 @@ class Authenticator:
                     def renewed_cookie(response: web.StreamResponse) -> None:
                         self.write_cookie(response, new_handle, lifetime)
 
-                    request[BEFORE_ANSWER] = renewed_cookie
+                    before = renewed_cookie
 
+            # Set even when None: a key that is missing costs a KeyError to look up.
+            request[BEFORE_ANSWER] = before
             decision = self.decide(payload, route)
             if not decision.allowed:
                 auth_event("denied", user=payload.user, rule=decision.rule)
                 refused = refusal(request, payload.user, decision)
-                if (before := request.get(BEFORE_ANSWER)) is not None:
+                if before is not None:
                     before(refused)
                 return refused
 
@@ -178,7 +182,6 @@ class Authenticator:
 
                 request[STILL_ALLOWED] = still_allowed
             response = await handler(request)
-            before = request.get(BEFORE_ANSWER)
             if before is not None and not response.prepared:
                 before(response)  # an answer of the gateway's own (429, 502)
             return response

@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from time import time as _wall_clock
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +43,8 @@ UPSTREAM_ROUTE = "upstream"  # the name of the catch-all route to the app
 UPSTREAM_KEY = web.RequestKey("gateway_upstream", bool)  # routed to the app
 # On the upstream route: what to add to the answer before it goes out (a renewed
 # session cookie). Whoever prepares a response there calls it first.
-BEFORE_ANSWER: web.RequestKey[Callable[[web.StreamResponse], None]] = web.RequestKey(
+AnswerHook = Callable[[web.StreamResponse], None]
+BEFORE_ANSWER: web.RequestKey[AnswerHook | None] = web.RequestKey(
     "gateway_before_answer"
 )
 # For a long-lived request (a websocket): is its session still good to go on?
@@ -224,8 +226,7 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 2),
             "upstream_ms": upstream_ms,
         }
-        self.logger.info(
-            '%s %s "%s %s" %s %s %.2fms upstream=%s',
+        args = (
             fields["client"],
             user,
             request.method,
@@ -234,12 +235,62 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time * 1000,
             "-" if upstream_ms is None else f"{upstream_ms:.2f}ms",
-            extra={"access": fields},
         )
+        output = _sole_output(self.logger)
+        if output is None:
+            self.logger.info(_ACCESS_LINE, *args, extra={"access": fields})
+            return
+        output.handle(_access_record(self.logger.name, args, fields))
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+_ACCESS_LINE = '%s %s "%s %s" %s %s %.2fms upstream=%s'
+
+
+def _sole_output(logger: logging.Logger) -> LogOutput | None:
+    """The gateway's own output, if the access log goes there and nowhere else (no
+    test harness, no metrics, no handler of the operator's): its lines can then
+    skip most of logging's machinery, a tenth of a request's cost."""
+    if logger.handlers or logger.filters or logger.manager.disable >= logging.INFO:
+        return None
+    parent = logger
+    while parent.propagate and parent.parent is not None:
+        parent = parent.parent
+        if parent.parent is not None and parent.handlers:
+            return None
+    handlers = parent.handlers
+    if parent.parent is not None or len(handlers) != 1:
+        return None
+    output = handlers[0]
+    if type(output) is not LogOutput or output.level > logging.INFO:
+        return None
+    return output
+
+
+def _access_record(
+    name: str, args: tuple[object, ...], fields: dict[str, object]
+) -> logging.LogRecord:
+    """What logger.info would make of an access line, without the fields no
+    formatter here reads (the caller's frame, thread, process)."""
+    created = _wall_clock()
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(
+        name=name,
+        msg=_ACCESS_LINE,
+        args=args,
+        levelname="INFO",
+        levelno=logging.INFO,
+        created=created,
+        msecs=int((created - int(created)) * 1000) + 0.0,
+        exc_info=None,
+        exc_text=None,
+        stack_info=None,
+        access=fields,
+    )
+    return record
 
 
 def _is_upstream(request: web.BaseRequest) -> bool:

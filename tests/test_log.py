@@ -191,3 +191,52 @@ async def test_a_worker_batches_access_lines_but_writes_others_at_once(
     await asyncio.gather(flusher, return_exceptions=True)
     assert path.read_text().count("gateway.access line") == 3  # at stop
     assert not output.batched
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_an_access_line_is_the_same_by_the_short_way_and_the_long(
+    stderr_file: tuple[pathlib.Path, LogOutput],
+    monkeypatch: pytest.MonkeyPatch,
+    formatter: type[logging.Formatter],
+) -> None:
+    # Written straight to the gateway's own output when nothing else listens,
+    # through logging's whole machinery when something does: the same line.
+    path, output = stderr_file
+    output.setFormatter(formatter())
+    monkeypatch.setattr(logging.getLogger(), "handlers", [output])
+    monkeypatch.setattr(access_log, "level", logging.INFO)
+    request = make_mocked_request("GET", "/app?q=1", headers={"Host": "h"})
+    request[UPSTREAM_KEY] = True
+    request[USER_KEY] = "alice"
+    request[UPSTREAM_SECONDS] = 0.0042
+    response = web.Response(body=b"hello")
+    logger = AccessLogger(access_log, "")
+
+    long_way: list[object] = []
+    info = access_log.info
+    monkeypatch.setattr(
+        access_log, "info", lambda *a, **k: long_way.append(info(*a, **k))
+    )
+    logger.log(request, response, 0.0123)  # nothing else listens: the short way
+    assert long_way == []
+    listener = logging.NullHandler()
+    access_log.addHandler(listener)
+    try:
+        logger.log(request, response, 0.0123)
+    finally:
+        access_log.removeHandler(listener)
+    assert len(long_way) == 1
+
+    short, long = path.read_text().splitlines()
+    if formatter is JsonFormatter:
+        short_line, long_line = json.loads(short), json.loads(long)
+        assert short_line.pop("time") and long_line.pop("time")
+        assert short_line == long_line
+        assert short_line["user"] == "alice"
+        assert short_line["upstream_ms"] == 4.2
+    else:
+        # "YYYY-MM-DD HH:MM:SS,mmm INFO gateway.access ..." from the level on
+        assert short.split(" ", 2)[2] == long.split(" ", 2)[2]
+        assert short.split(" ", 2)[2] == (
+            'INFO gateway.access - alice "GET /app?q=1" 200 0 12.30ms upstream=4.20ms'
+        )
