@@ -50,65 +50,101 @@ async def next_chunk(request: web.Request, content: Body, idle: float) -> bytes:
                 raise UpstreamIdle from None
 
 
-class AnswerDeadline:
-    """Bounds the wait for the app's answer head with one timer: ``timeout`` seconds
-    (moved by ``reschedule``; None pauses it), and cut short once the client left,
-    which is looked at every CLIENT_CHECK_INTERVAL. Either cancels the waiting task;
-    ``settle`` then tells that cancellation from any other.
+# How often the deadlines of waits for the app's answers are looked at: the
+# precision of upstream.timeout.
+DEADLINE_TICK = 0.05
 
-    What asyncio.timeout plus a watch of the client did, at a third of the cost:
-    this runs on every proxied request.
-    """
+
+class Deadlines:
+    """The one timer behind every AnswerDeadline of a proxy: a tick every
+    DEADLINE_TICK seconds while any wait is open, none while none is. A timer
+    per request, armed and cancelled, cost more than anything else the gateway
+    itself did for a small request."""
+
+    __slots__ = ("_handle", "_loop", "_open")
+
+    def __init__(self) -> None:
+        self._open: set[AnswerDeadline] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, request: web.Request, timeout: float) -> AnswerDeadline:
+        """A deadline ``timeout`` seconds from now for the current task's wait."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = AnswerDeadline(self, request, loop.time(), timeout)
+        self._open.add(deadline)
+        if self._handle is None:
+            self._handle = loop.call_later(DEADLINE_TICK, self._tick)
+        return deadline
+
+    def stop(self, deadline: AnswerDeadline) -> None:
+        self._open.discard(deadline)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for deadline in [d for d in self._open if d.due(now)]:
+            self._open.discard(deadline)
+            deadline.fire()
+        self._handle = (
+            loop.call_later(DEADLINE_TICK, self._tick) if self._open else None
+        )
+
+
+class AnswerDeadline:
+    """Bounds the wait for the app's answer head: ``timeout`` seconds (moved by
+    ``reschedule``; None pauses it), and cut short once the client left, which is
+    looked at every CLIENT_CHECK_INTERVAL. Either cancels the waiting task;
+    ``settle`` then tells that cancellation from any other."""
 
     __slots__ = (
         "_cancelling",
-        "_handle",
-        "_loop",
+        "_deadlines",
+        "_look_at",
         "_request",
         "_task",
         "_when",
         "fired",
     )
 
-    def __init__(self, request: web.Request, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(
+        self, deadlines: Deadlines, request: web.Request, now: float, timeout: float
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._loop = loop
+        self._deadlines = deadlines
         self._request = request
         self._task = task
         self._cancelling = task.cancelling()
-        now = loop.time()
         self._when: float | None = now + timeout
+        self._look_at = now + CLIENT_CHECK_INTERVAL
         self.fired = False
-        self._handle = loop.call_at(
-            min(self._when, now + CLIENT_CHECK_INTERVAL), self._check
-        )
 
-    def _check(self) -> None:
-        now = self._loop.time()
+    def due(self, now: float) -> bool:
         when = self._when
-        if (when is not None and now >= when) or client_left(self._request):
-            self.fired = True
-            self._task.cancel()
-            return
-        next_check = now + CLIENT_CHECK_INTERVAL
-        if when is not None and when < next_check:
-            next_check = when
-        self._handle = self._loop.call_at(next_check, self._check)
+        if when is not None and now >= when:
+            return True
+        if now < self._look_at:
+            return False
+        self._look_at = now + CLIENT_CHECK_INTERVAL
+        return client_left(self._request)
+
+    def fire(self) -> None:
+        self.fired = True
+        self._task.cancel()
 
     def reschedule(self, when: float | None) -> None:
         """The deadline is now ``when`` (loop time); None: no deadline for now."""
         self._when = when
-        if when is not None and not self.fired and when < self._handle.when():
-            self._handle.cancel()
-            self._handle = self._loop.call_at(when, self._check)
 
     def expired(self) -> bool:
         return self.fired
 
     def stop(self) -> None:
-        self._handle.cancel()
+        self._deadlines.stop(self)
 
     def settle(self) -> bool:
         """In an ``except CancelledError``: True if this deadline was the cause

@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.body_watch import (
-    AnswerDeadline,
     ClientGone,
+    Deadlines,
     Upload,
     UpstreamIdle,
     client_left,
@@ -103,6 +103,7 @@ class UpstreamProxy:
         self._idle = upstream.idle_timeout
         self._host = None if upstream.pass_host_header else upstream.url.raw_authority
         self._pool = pool
+        self._deadlines = Deadlines()
         self._is_own_cookie = is_own_cookie
         self._rewrite_link: Callable[[str, str], str] | None = None
         if upstream.rewrite_redirects and public_url is not None:
@@ -139,7 +140,7 @@ class UpstreamProxy:
             Upload(request.content, self._timeout, self._idle) if has_body else None
         )
 
-        deadline = AnswerDeadline(request, self._timeout)
+        deadline = self._deadlines.start(request, self._timeout)
         if upload is not None:
             upload.deadline = deadline
         try:

@@ -1,4 +1,4 @@
-"""AnswerDeadline: the one timer that bounds the wait for the app's answer head."""
+"""AnswerDeadline: what bounds the wait for the app's answer head, on one timer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway import body_watch
-from gateway.body_watch import AnswerDeadline
+from gateway.body_watch import AnswerDeadline, Deadlines
 
 
 class FakeTransport:
@@ -41,7 +41,7 @@ async def wait_under(deadline_of: Any, seconds: float) -> str:
 async def test_the_deadline_ends_a_wait_that_outlasts_it() -> None:
     request = FakeRequest()
 
-    ended = await wait_under(lambda: AnswerDeadline(request, 0.05), 5)
+    ended = await wait_under(lambda: Deadlines().start(request, 0.05), 5)
 
     assert ended == "deadline"
     assert asyncio.current_task().cancelling() == 0  # withdrawn, as asyncio.timeout
@@ -50,14 +50,14 @@ async def test_the_deadline_ends_a_wait_that_outlasts_it() -> None:
 async def test_a_wait_within_the_deadline_is_left_alone() -> None:
     request = FakeRequest()
 
-    assert await wait_under(lambda: AnswerDeadline(request, 5), 0.01) == "done"
+    assert await wait_under(lambda: Deadlines().start(request, 5), 0.01) == "done"
     await asyncio.sleep(0.02)  # the stopped timer cancels nothing later
 
 
 async def test_a_cancellation_from_outside_is_not_taken_for_the_deadline() -> None:
     # A shutdown cancelling the handler must stop it, not turn into a 504.
     request = FakeRequest()
-    waiting = asyncio.create_task(wait_under(lambda: AnswerDeadline(request, 5), 5))
+    waiting = asyncio.create_task(wait_under(lambda: Deadlines().start(request, 5), 5))
     await asyncio.sleep(0.01)
 
     waiting.cancel()
@@ -77,7 +77,7 @@ async def test_a_client_that_left_ends_the_wait(
     )
 
     ended = await asyncio.wait_for(
-        wait_under(lambda: AnswerDeadline(request, 30), 30), 2
+        wait_under(lambda: Deadlines().start(request, 30), 30), 2
     )
 
     assert ended == "deadline"
@@ -89,7 +89,7 @@ async def test_a_paused_deadline_waits_until_rescheduled() -> None:
     made: list[AnswerDeadline] = []
 
     def make() -> AnswerDeadline:
-        deadline = AnswerDeadline(request, 0.03)
+        deadline = Deadlines().start(request, 0.03)
         deadline.reschedule(None)  # an upload is awaited: not the app's time
         loop.call_later(0.1, lambda: deadline.reschedule(loop.time() + 0.03))
         made.append(deadline)
@@ -108,10 +108,36 @@ async def test_an_earlier_deadline_fires_earlier() -> None:
     loop = asyncio.get_running_loop()
 
     def make() -> AnswerDeadline:
-        deadline = AnswerDeadline(request, 30)
+        deadline = Deadlines().start(request, 30)
         deadline.reschedule(loop.time() + 0.03)
         return deadline
 
     began = loop.time()
     assert await wait_under(make, 5) == "deadline"
     assert loop.time() - began < 1.0
+
+
+async def test_no_timer_runs_while_no_wait_is_open() -> None:
+    # An idle gateway does not wake up 20 times a second for nothing.
+    deadlines = Deadlines()
+    request = FakeRequest()
+
+    assert await wait_under(lambda: deadlines.start(request, 5), 0.01) == "done"
+    await asyncio.sleep(0.12)
+
+    assert deadlines._handle is None
+    assert not deadlines._open
+
+
+async def test_many_waits_share_one_timer_and_each_ends_on_time() -> None:
+    deadlines = Deadlines()
+    request = FakeRequest()
+
+    ended = await asyncio.gather(
+        wait_under(lambda: deadlines.start(request, 0.05), 5),
+        wait_under(lambda: deadlines.start(request, 0.15), 5),
+        wait_under(lambda: deadlines.start(request, 5), 0.1),
+    )
+
+    assert ended == ["deadline", "deadline", "done"]
+    assert not deadlines._open
