@@ -229,6 +229,7 @@ async def run(size_mib: int) -> int:
     env.update(
         GATEWAY_SERVER_LISTEN=f"127.0.0.1:{gateway_port}",
         GATEWAY_SERVER_PUBLIC_URL=str(gateway),
+        GATEWAY_SERVER_WORKERS="1",  # the one process whose memory is read
         GATEWAY_UPSTREAM_URL=str(upstream),
         GATEWAY_REDDIT_CLIENT_ID=CLIENT_ID,
         GATEWAY_REDDIT_CLIENT_SECRET=CLIENT_SECRET,
