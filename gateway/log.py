@@ -157,6 +157,12 @@ class LogOutput(logging.StreamHandler):  # type: ignore[type-arg]
 FLUSH_EVERY = 0.25  # seconds an access-log line may wait in a worker's batch
 
 
+def flush_logs() -> None:
+    """Write out every line a handler still holds."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 async def flush_logs_now_and_then() -> None:
     """A worker's task: batch its log lines, written every FLUSH_EVERY seconds."""
     outputs = [h for h in logging.getLogger().handlers if isinstance(h, LogOutput)]

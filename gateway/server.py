@@ -34,7 +34,7 @@ from aiohttp import web
 from gateway.app import build_app, server_options
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.log import flush_logs_now_and_then
+from gateway.log import flush_logs, flush_logs_now_and_then
 from gateway.metrics import UNIX_PREFIX, serve_summed
 from gateway.reloadable import RELOADABLE, check_reloadable
 
@@ -275,6 +275,7 @@ class Supervisor:
         except BaseException:
             log.exception("worker %s failed", os.getpid())
         finally:
+            flush_logs()  # os._exit skips logging's own flush at exit
             sys.stderr.flush()
             os._exit(code)
 
