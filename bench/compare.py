@@ -49,6 +49,7 @@ from transfer import (
     CLIENT_SECRET,
     REPO,
     free_port,
+    gateway_env,
     sign_in,
 )
 from yarl import URL
@@ -727,31 +728,6 @@ def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("compare.py needs wrk: apt-get install wrk")
     return run(args)
-
-
-def gateway_env(
-    port: int, upstream: URL, reddit: str, session_secret: str, workers: int
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    public = f"http://127.0.0.1:{port}"
-    env.update(
-        GATEWAY_SERVER_LISTEN=f"127.0.0.1:{port}",
-        GATEWAY_SERVER_PUBLIC_URL=public,
-        GATEWAY_SERVER_WORKERS=str(workers),
-        GATEWAY_UPSTREAM_URL=str(upstream),
-        GATEWAY_REDDIT_CLIENT_ID=CLIENT_ID,
-        GATEWAY_REDDIT_CLIENT_SECRET=CLIENT_SECRET,
-        GATEWAY_REDDIT_USER_AGENT="bench:reddit-gateway-bench:v1 (by /u/bench)",
-        GATEWAY_REDDIT_AUTHORIZE_URL=f"{reddit}/api/v1/authorize",
-        GATEWAY_REDDIT_TOKEN_URL=f"{reddit}/api/v1/access_token",
-        GATEWAY_REDDIT_REVOKE_URL=f"{reddit}/api/v1/revoke_token",
-        GATEWAY_REDDIT_API_URL=reddit,
-        GATEWAY_SESSION_SECRET=session_secret,
-        GATEWAY_SESSION_COOKIE_SECURE="false",
-        GATEWAY_LOG_LEVEL="info",  # the default: an access-log line per request
-        PYTHONPATH=str(REPO),
-    )
-    return env
 
 
 def start_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -219,17 +219,21 @@ def free_port() -> int:
         return port
 
 
-async def run(size_mib: int) -> int:
-    gateway_port, upstream_port, reddit_port = free_port(), free_port(), free_port()
-    gateway = URL(f"http://127.0.0.1:{gateway_port}")
-    upstream = URL(f"http://127.0.0.1:{upstream_port}")
-    reddit = f"http://127.0.0.1:{reddit_port}"
-    callback = str(gateway / "oauth2/callback")
+def gateway_env(
+    port: int,
+    upstream: URL,
+    reddit: str,
+    session_secret: str,
+    workers: int,
+    log_level: str = "info",  # the default: an access-log line per request
+) -> dict[str, str]:
+    """The environment of a benchmark's gateway on 127.0.0.1:port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    public = f"http://127.0.0.1:{port}"
     env.update(
-        GATEWAY_SERVER_LISTEN=f"127.0.0.1:{gateway_port}",
-        GATEWAY_SERVER_PUBLIC_URL=str(gateway),
-        GATEWAY_SERVER_WORKERS="1",  # the one process whose memory is read
+        GATEWAY_SERVER_LISTEN=f"127.0.0.1:{port}",
+        GATEWAY_SERVER_PUBLIC_URL=public,
+        GATEWAY_SERVER_WORKERS=str(workers),
         GATEWAY_UPSTREAM_URL=str(upstream),
         GATEWAY_REDDIT_CLIENT_ID=CLIENT_ID,
         GATEWAY_REDDIT_CLIENT_SECRET=CLIENT_SECRET,
@@ -238,10 +242,28 @@ async def run(size_mib: int) -> int:
         GATEWAY_REDDIT_TOKEN_URL=f"{reddit}/api/v1/access_token",
         GATEWAY_REDDIT_REVOKE_URL=f"{reddit}/api/v1/revoke_token",
         GATEWAY_REDDIT_API_URL=reddit,
-        GATEWAY_SESSION_SECRET=secrets.token_urlsafe(32),
+        GATEWAY_SESSION_SECRET=session_secret,
         GATEWAY_SESSION_COOKIE_SECURE="false",
-        GATEWAY_LOG_LEVEL="warning",
+        GATEWAY_LOG_LEVEL=log_level,
         PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+async def run(size_mib: int) -> int:
+    gateway_port, upstream_port, reddit_port = free_port(), free_port(), free_port()
+    gateway = URL(f"http://127.0.0.1:{gateway_port}")
+    upstream = URL(f"http://127.0.0.1:{upstream_port}")
+    reddit = f"http://127.0.0.1:{reddit_port}"
+    callback = str(gateway / "oauth2/callback")
+    # One worker: the process whose memory is read.
+    env = gateway_env(
+        gateway_port,
+        upstream,
+        reddit,
+        secrets.token_urlsafe(32),
+        workers=1,
+        log_level="warning",
     )
     logs = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     helper_log = (logs / "helpers.log").open("wb")

@@ -399,10 +399,6 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    @property
-    def limit(self) -> int:
-        return self._limit
-
     async def request(
         self,
         method: str,
