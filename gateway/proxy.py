@@ -27,13 +27,8 @@ from gateway.headers import downstream_response_headers, is_plain_host
 from gateway.log import BEFORE_ANSWER, UPSTREAM_SECONDS
 from gateway.pages import json_error
 from gateway.redirect_rewrite import RedirectRewriter
-from gateway.upstream_client import (
-    UpstreamAnswer,
-    UpstreamError,
-    UpstreamPool,
-    body_framing,
-    request_head,
-)
+from gateway.upstream_answer import UpstreamAnswer, UpstreamError
+from gateway.upstream_client import UpstreamPool, body_framing, request_head
 
 log = logging.getLogger("gateway.proxy")
 

@@ -13,16 +13,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import UpstreamConfig
-from gateway.upstream_client import (
+from gateway.upstream_answer import (
     BUFFER_HIGH,
     MAX_FIELD_SIZE,
     MAX_HEADERS,
     UpstreamAnswer,
     UpstreamError,
-    UpstreamPool,
-    body_framing,
-    request_head,
 )
+from gateway.upstream_client import UpstreamPool, body_framing, request_head
 from tests.conftest import free_port
 
 MiB = 1024 * 1024
