@@ -96,6 +96,7 @@ class UpstreamProxy:
         self._base_path = base.raw_path.rstrip("/")
         self._timeout = upstream.timeout
         self._idle = upstream.idle_timeout
+        self._upload_idle = upload_idle(upstream)
         self._host = None if upstream.pass_host_header else upstream.url.raw_authority
         self._pool = pool
         self._deadlines = Deadlines()
@@ -132,7 +133,9 @@ class UpstreamProxy:
             )
             return json_error(400, "bad_request", "The request has a malformed header.")
         upload = (
-            Upload(request.content, self._timeout, self._idle) if has_body else None
+            Upload(request.content, self._timeout, self._upload_idle)
+            if has_body
+            else None
         )
 
         deadline = self._deadlines.start(request, self._timeout)
@@ -238,6 +241,18 @@ class UpstreamProxy:
 
         await response.write_eof()
         return response
+
+
+def upload_idle(upstream: UpstreamConfig) -> float:
+    """How long an upload may pause: the shorter of the two settings that are on
+    (0: forever)."""
+    # SECURITY: pool exhaustion: an upload that sends a byte and stalls would hold
+    # an app connection (and a pool slot) for ever; by default 60 s, as nginx's
+    # client_body_timeout
+    return min(
+        (t for t in (upstream.idle_timeout, upstream.upload_idle_timeout) if t),
+        default=0.0,
+    )
 
 
 def _abort(request: web.Request, response: web.StreamResponse) -> None:

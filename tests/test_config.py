@@ -256,6 +256,12 @@ def test_empty_string_means_not_set() -> None:
         ),
         ("", {"GATEWAY_UPSTREAM_URL": "ftp://files"}, "upstream.url"),
         ("", {"GATEWAY_UPSTREAM_TIMEOUT": "0"}, "upstream.timeout"),
+        ("", {"GATEWAY_UPSTREAM_IDLE_TIMEOUT": "-1"}, "upstream.idle_timeout"),
+        (
+            "",
+            {"GATEWAY_UPSTREAM_UPLOAD_IDLE_TIMEOUT": "-1"},
+            "upstream.upload_idle_timeout",
+        ),
         ("", {"GATEWAY_UPSTREAM_TIMEOUT": "nan"}, "GATEWAY_UPSTREAM_TIMEOUT"),
         (
             "",

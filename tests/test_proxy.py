@@ -998,6 +998,16 @@ async def test_upstream_idle_body_is_cut_off_never_complete_looking(
 
 
 @pytest.mark.parametrize(
+    "idle",
+    [
+        {"idle_timeout": 0.3, "upload_idle_timeout": 0},
+        # SECURITY: pool exhaustion: bounded by default, with bodies unbounded
+        {"idle_timeout": 0, "upload_idle_timeout": 0.3},
+        {"idle_timeout": 60, "upload_idle_timeout": 0.3},
+    ],
+    ids=["idle_timeout", "upload_idle_timeout", "the-shorter"],
+)
+@pytest.mark.parametrize(
     ("head", "first_part", "chunked"),
     [
         (b"Content-Length: 100\r\n", b"0123456789", False),
@@ -1012,6 +1022,7 @@ async def test_slowloris_idle_client_upload_is_cut_off_with_408(
     head: bytes,
     first_part: bytes,
     chunked: bool,
+    idle: dict[str, float],
 ) -> None:
     upstream_got: list[bytes] = []
     upstream_done = asyncio.Event()
@@ -1025,7 +1036,7 @@ async def test_slowloris_idle_client_upload_is_cut_off_with_408(
     upstream = await raw_upstream(script)
     # aiohttp reads what may still come of an unfinished upload for lingering_time
     # (10 s by default) before it closes the connection
-    server = await gateway(upstream.url, idle_timeout=0.3, lingering_time=0.2)
+    server = await gateway(upstream.url, lingering_time=0.2, **idle)
     reader, writer = await asyncio.open_connection(server.host, server.port)
     started = time.perf_counter()
 
