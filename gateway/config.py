@@ -61,7 +61,7 @@ class UpstreamConfig:
     timeout: float
     unix_socket: str = ""  # the socket's path when url was unix:///path
     idle_timeout: float = 0.0  # 0: a body may pause for any time
-    upload_idle_timeout: float = 60.0  # an upload's pauses, on top; 0: as idle_timeout
+    client_idle_timeout: float = 60.0  # the client's pauses either way; 0: none
     pass_host_header: bool = True
     rewrite_redirects: bool = True
     websocket_origin: str = ""  # "": pass the browser's Origin through
@@ -185,7 +185,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "url": ("str", "http://127.0.0.1:8080"),
         "timeout": ("float", 60.0),
         "idle_timeout": ("float", 0.0),
-        "upload_idle_timeout": ("float", 60.0),
+        "client_idle_timeout": ("float", 60.0),
         "pass_host_header": ("bool", True),
         "rewrite_redirects": ("bool", True),
         "websocket_origin": ("str", ""),
@@ -527,16 +527,16 @@ def _build_upstream(get: Any) -> UpstreamConfig:
     idle = get("upstream.idle_timeout")
     if idle < 0:
         raise ConfigError("upstream.idle_timeout", "must be 0 (off) or more")
-    upload_idle = get("upstream.upload_idle_timeout")
-    if upload_idle < 0:
-        raise ConfigError("upstream.upload_idle_timeout", "must be 0 (off) or more")
+    client_idle = get("upstream.client_idle_timeout")
+    if client_idle < 0:
+        raise ConfigError("upstream.client_idle_timeout", "must be 0 (off) or more")
 
     return UpstreamConfig(
         url=url,
         timeout=_positive("upstream.timeout", get("upstream.timeout")),
         unix_socket=unix_socket,
         idle_timeout=float(idle),
-        upload_idle_timeout=float(upload_idle),
+        client_idle_timeout=float(client_idle),
         pass_host_header=get("upstream.pass_host_header"),
         rewrite_redirects=get("upstream.rewrite_redirects"),
         websocket_origin=origin.rstrip("/"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -97,6 +98,7 @@ class UpstreamProxy:
         self._timeout = upstream.timeout
         self._idle = upstream.idle_timeout
         self._upload_idle = upload_idle(upstream)
+        self._client_idle = upstream.client_idle_timeout
         self._host = None if upstream.pass_host_header else upstream.url.raw_authority
         self._pool = pool
         self._deadlines = Deadlines()
@@ -212,12 +214,38 @@ class UpstreamProxy:
         if isinstance(response, web.Response):
             return response  # aiohttp writes the body when we return
 
+        # SECURITY: pool exhaustion: a client that stops taking the answer would
+        # hold the app's connection for ever; it gets client_idle_timeout (60 s,
+        # as nginx's send_timeout), timed only while a write waits on it.
+        taking = self._deadlines.start(request, self._client_idle or math.inf)
+        taking.reschedule(None)
+        loop = asyncio.get_running_loop()
         try:
             while chunk := await next_chunk(request, content, self._idle):
+                if self._client_idle:
+                    taking.reschedule(loop.time() + self._client_idle)
                 try:
                     await response.write(chunk)
                 except ConnectionError:
                     raise ClientGone from None
+                taking.reschedule(None)
+            if self._client_idle:
+                taking.reschedule(loop.time() + self._client_idle)
+            await response.write_eof()
+        except asyncio.CancelledError:
+            if not taking.settle():
+                raise
+            if client_left(request):
+                log.info("client_gone path=%s", log_path(request))
+            else:
+                log.warning(
+                    "client_idle path=%s seconds=%s",
+                    log_path(request),
+                    self._client_idle,
+                )
+            upstream.close()
+            _abort(request, response)
+            return response
         except ClientGone:
             log.info("client_gone path=%s", log_path(request))
             upstream.close()
@@ -238,8 +266,8 @@ class UpstreamProxy:
             upstream.close()
             _abort(request, response)
             return response
-
-        await response.write_eof()
+        finally:
+            taking.stop()
         return response
 
 
@@ -247,10 +275,10 @@ def upload_idle(upstream: UpstreamConfig) -> float:
     """How long an upload may pause: the shorter of the two settings that are on
     (0: forever)."""
     # SECURITY: pool exhaustion: an upload that sends a byte and stalls would hold
-    # an app connection (and a pool slot) for ever; by default 60 s, as nginx's
-    # client_body_timeout
+    # an app connection (and a pool slot) for ever; client_idle_timeout bounds it
+    # by default (60 s, as nginx's client_body_timeout)
     return min(
-        (t for t in (upstream.idle_timeout, upstream.upload_idle_timeout) if t),
+        (t for t in (upstream.idle_timeout, upstream.client_idle_timeout) if t),
         default=0.0,
     )
 

@@ -259,8 +259,8 @@ def test_empty_string_means_not_set() -> None:
         ("", {"GATEWAY_UPSTREAM_IDLE_TIMEOUT": "-1"}, "upstream.idle_timeout"),
         (
             "",
-            {"GATEWAY_UPSTREAM_UPLOAD_IDLE_TIMEOUT": "-1"},
-            "upstream.upload_idle_timeout",
+            {"GATEWAY_UPSTREAM_CLIENT_IDLE_TIMEOUT": "-1"},
+            "upstream.client_idle_timeout",
         ),
         ("", {"GATEWAY_UPSTREAM_TIMEOUT": "nan"}, "GATEWAY_UPSTREAM_TIMEOUT"),
         (

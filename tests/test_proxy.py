@@ -1000,12 +1000,12 @@ async def test_upstream_idle_body_is_cut_off_never_complete_looking(
 @pytest.mark.parametrize(
     "idle",
     [
-        {"idle_timeout": 0.3, "upload_idle_timeout": 0},
+        {"idle_timeout": 0.3, "client_idle_timeout": 0},
         # SECURITY: pool exhaustion: bounded by default, with bodies unbounded
-        {"idle_timeout": 0, "upload_idle_timeout": 0.3},
-        {"idle_timeout": 60, "upload_idle_timeout": 0.3},
+        {"idle_timeout": 0, "client_idle_timeout": 0.3},
+        {"idle_timeout": 60, "client_idle_timeout": 0.3},
     ],
-    ids=["idle_timeout", "upload_idle_timeout", "the-shorter"],
+    ids=["idle_timeout", "client_idle_timeout", "the-shorter"],
 )
 @pytest.mark.parametrize(
     ("head", "first_part", "chunked"),
@@ -1479,6 +1479,64 @@ async def test_slow_client_pauses_the_upstream_download(
     # What is in flight fits in the socket buffers; the rest waits at the upstream.
     assert paused_at - MiB < 48 * MiB
     assert still_at == paused_at
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_app(
+    gateway: MakeGateway,
+    aiohttp_server: AiohttpServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # SECURITY: pool exhaustion: a download nobody takes must not hold the app's
+    # connection for ever, even with idle_timeout off
+    stopped = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"x" * CHUNK)
+        except BaseException:  # the gateway hung up
+            stopped.set()
+            raise
+
+    upstream = await aiohttp_server(upstream_app(handler))
+    server = await gateway(
+        upstream.make_url("/"), idle_timeout=0, client_idle_timeout=0.5
+    )
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    started = time.perf_counter()
+
+    with caplog.at_level(logging.WARNING, logger="gateway.proxy"):
+        writer.write(b"GET /endless HTTP/1.1\r\nHost: h\r\n\r\n")
+        await asyncio.wait_for(reader.readexactly(MiB), 5)  # then reads no more
+        await asyncio.wait_for(stopped.wait(), 5)
+    writer.transport.abort()
+
+    assert 0.4 < time.perf_counter() - started < 4
+    assert "client_idle" in caplog.text
+
+
+async def test_a_slow_but_steady_reader_is_not_cut_off(
+    gateway: MakeGateway, aiohttp_server: AiohttpServer
+) -> None:
+    body = b"y" * (4 * MiB)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    upstream = await aiohttp_server(upstream_app(handler))
+    server = await gateway(upstream.make_url("/"), client_idle_timeout=0.3)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+
+    writer.write(b"GET /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    received = b""
+    while chunk := await asyncio.wait_for(reader.read(256 * 1024), 5):
+        received += chunk
+        await asyncio.sleep(0.02)  # pauses, each far shorter than the limit
+    writer.close()
+
+    assert received.endswith(body)
 
 
 async def test_slow_upstream_pauses_the_client_upload(
