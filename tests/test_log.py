@@ -193,10 +193,21 @@ async def test_a_worker_batches_access_lines_but_writes_others_at_once(
     assert not output.batched
 
 
+@pytest.fixture
+def access_at_info() -> Iterator[None]:
+    """The access log at INFO, then back; by setLevel both ways, since loggers
+    cache what they let through and a bare attribute leaves that cache stale."""
+    before = access_log.level
+    access_log.setLevel(logging.INFO)
+    yield
+    access_log.setLevel(before)
+
+
 @pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
 def test_an_access_line_is_the_same_by_the_short_way_and_the_long(
     stderr_file: tuple[pathlib.Path, LogOutput],
     monkeypatch: pytest.MonkeyPatch,
+    access_at_info: None,
     formatter: type[logging.Formatter],
 ) -> None:
     # Written straight to the gateway's own output when nothing else listens,
@@ -204,7 +215,6 @@ def test_an_access_line_is_the_same_by_the_short_way_and_the_long(
     path, output = stderr_file
     output.setFormatter(formatter())
     monkeypatch.setattr(logging.getLogger(), "handlers", [output])
-    monkeypatch.setattr(access_log, "level", logging.INFO)
     request = make_mocked_request("GET", "/app?q=1", headers={"Host": "h"})
     request[UPSTREAM_KEY] = True
     request[USER_KEY] = "alice"
