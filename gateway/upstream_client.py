@@ -152,10 +152,8 @@ class _Connection(asyncio.Protocol):
     def release(self, answer: UpstreamAnswer) -> None:
         if self.answer is not answer:
             return
-        upload = self.upload
-        if upload is not None and not upload.done():
-            upload.cancel()  # the app answered before taking the whole body
-            self._reusable = False
+        # An upload still going has made the line unreusable (answer_complete);
+        # close() then cancels it.
         if not (answer.complete and self._reusable) or self.closed:
             self.close()
             return
@@ -175,7 +173,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to the app, at most ``limit`` at once.
+    """Keep-alive connections to the app, at most upstream.max_connections at once.
 
     Idle ones are kept for ``keepalive_timeout`` seconds; a request that finds none
     free and the limit reached waits its turn.
